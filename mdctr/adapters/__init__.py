@@ -1,0 +1,1 @@
+"""MLoRA: per-domain low-rank adapters on the tower layers."""

@@ -1,0 +1,100 @@
+"""``mdctr``: the command line. Thin: parses arguments and calls into the packages.
+
+Bad input exits with status 2 and one line on stderr: ``mdctr: error: <file>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mdctr.domains.errors import DataContractError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Multi-domain CTR on TorchRec: data, training, adapters, transfer, distillation.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare, generate and validate datasets.")
+app.add_typer(data_app, name="data")
+
+OutOpt = typer.Option(..., "--out", help="Output directory (written atomically).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace --out if it exists.")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Argument(..., help="Built-in dataset: movielens-100k."),
+    split: str = typer.Option("gender", "--split", help="Domains: gender, age, occupation or ads."),
+    out: Path = OutOpt,
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the random 80/10/10 split."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Download (once, into the cache), check and write a built-in dataset."""
+    from mdctr.domains.datasets import prepare_builtin
+    from mdctr.domains.summary import summary_text
+
+    spec = prepare_builtin(dataset, split, out, split_seed=split_seed, overwrite=overwrite)
+    typer.echo(summary_text(spec))
+    typer.echo(f"wrote {out}")
+
+
+@data_app.command("synth")
+def data_synth(
+    config: Path = typer.Option(..., "--config", help="Synthetic data config (YAML)."),
+    out: Path = OutOpt,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+    rows: Optional[int] = typer.Option(None, "--rows", help="Override the config's row count."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Generate seeded synthetic multi-domain data with a known ground truth."""
+    from mdctr.domains.summary import summary_text
+    from mdctr.domains.synthetic import generate_synthetic, load_synthetic_config
+
+    cfg = load_synthetic_config(config)
+    updates = {k: v for k, v in (("seed", seed), ("rows", rows)) if v is not None}
+    if updates:
+        cfg = cfg.model_validate({**cfg.model_dump(), **updates})
+    spec = generate_synthetic(cfg, out, overwrite=overwrite)
+    typer.echo(summary_text(spec))
+    typer.echo(f"wrote {out}")
+
+
+@data_app.command("validate")
+def data_validate(directory: Path = typer.Argument(..., help="Dataset directory.")) -> None:
+    """Check a dataset against the data contract and print its summary."""
+    from mdctr.domains.summary import summary_text
+    from mdctr.domains.validate import validate_dataset
+
+    spec, _ = validate_dataset(directory)
+    typer.echo(summary_text(spec))
+    typer.echo(f"{directory}: ok")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the app, turning bad input into one line and exit 2."""
+    try:
+        app(args=argv, prog_name="mdctr", standalone_mode=False)
+    except (DataContractError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"mdctr: error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("mdctr: interrupted", err=True)
+        return 130
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            typer.echo("mdctr: aborted", err=True)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Stream a dataset split as TorchRec batches, vectorised, shuffled, sharded by rank.
+
+The reader works in *chunks* of whole row groups (at least ``chunk_rows`` rows): it reads a
+chunk's columns, keeps the rows of the wanted split/domains/time window, maps ids to table
+rows (:mod:`mdctr.domains.ids`), permutes the chunk once, and then cuts batches as
+contiguous slices. With ``shuffle`` the row-group order and each chunk are permuted by
+``rng([seed, epoch])``, so a dataset smaller than a chunk is fully shuffled and a larger
+one is block-shuffled with bounded memory. No step loops over rows in Python.
+
+Sharding: every rank reads the same chunks in the same order and takes its own
+``batch_size`` slice of each global batch of ``batch_size * world_size`` rows, so all ranks
+yield the same number of batches (what collective training needs). The last, short global
+batch is split evenly (``drop_last=False``) or dropped.
+
+Shapes (B = rows in the batch, F = sparse + multi-hot fields, D = dense fields)::
+
+    Batch.sparse      KeyedJaggedTensor, keys = field names, stride B
+    Batch.dense       float32 (B, D)
+    Batch.labels      float32 (B,)
+    Batch.domain      int64   (B,)   index into dataset.yaml's domain list
+    Batch.example_id  int64   (B,)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from mdctr.domains.errors import DataContractError
+from mdctr.domains.ids import table_rows
+from mdctr.domains.jagged import gather, offsets_from_lengths
+from mdctr.domains.spec import DatasetSpec, load_spec
+from mdctr.domains.splits import PART_INDEX, SplitKind, SplitName, random_parts, temporal_parts
+
+
+@dataclass
+class Batch:
+    sparse: KeyedJaggedTensor
+    dense: torch.Tensor
+    labels: torch.Tensor
+    domain: torch.Tensor
+    example_id: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(
+            sparse=self.sparse.to(device=torch.device(device), non_blocking=non_blocking),
+            dense=self.dense.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            domain=self.domain.to(device, non_blocking=non_blocking),
+            example_id=self.example_id.to(device, non_blocking=non_blocking),
+        )
+
+
+@dataclass
+class _Chunk:
+    """A chunk's selected rows as numpy arrays, in output order."""
+
+    ids: np.ndarray  # (n, S) int64, table rows of the single-valued fields
+    mh: list[tuple[np.ndarray, np.ndarray]]  # per multi-hot field: offsets (n+1), values
+    dense: np.ndarray  # (n, D) float32
+    labels: np.ndarray  # (n,) float32
+    domain: np.ndarray  # (n,) int64
+    example_id: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray) -> "_Chunk":
+        mh = []
+        for off, val in self.mh:
+            lengths, v = gather(off, val, rows)
+            mh.append((offsets_from_lengths(lengths), v))
+        return _Chunk(self.ids[rows], mh, self.dense[rows], self.labels[rows], self.domain[rows],
+                      self.example_id[rows])
+
+    def slice(self, lo: int, hi: int) -> "_Chunk":
+        mh = [(off[lo:hi + 1] - off[lo], val[off[lo]:off[hi]]) for off, val in self.mh]
+        return _Chunk(self.ids[lo:hi], mh, self.dense[lo:hi], self.labels[lo:hi], self.domain[lo:hi],
+                      self.example_id[lo:hi])
+
+    @staticmethod
+    def concat(parts: list["_Chunk"]) -> "_Chunk":
+        if len(parts) == 1:
+            return parts[0]
+        mh = []
+        for j in range(len(parts[0].mh)):
+            lengths = np.concatenate([np.diff(p.mh[j][0]) for p in parts])
+            mh.append((offsets_from_lengths(lengths), np.concatenate([p.mh[j][1] for p in parts])))
+        return _Chunk(
+            np.concatenate([p.ids for p in parts]), mh, np.concatenate([p.dense for p in parts]),
+            np.concatenate([p.labels for p in parts]), np.concatenate([p.domain for p in parts]),
+            np.concatenate([p.example_id for p in parts]),
+        )
+
+
+class DatasetReader:
+    """Reads one dataset directory (validated spec, Parquet row groups) into :class:`Batch` es.
+
+    Args:
+        directory: dataset directory (``dataset.yaml`` + Parquet).
+        table_sizes: rows of each field's embedding table; ids are mapped with
+            :func:`mdctr.domains.ids.table_rows`. Defaults to each field's cardinality.
+        chunk_rows: rows read and shuffled together.
+
+    Example::
+
+        reader = DatasetReader("data/ml-gender")
+        for batch in reader.batches("train", batch_size=4096, seed=0, epoch=0):
+            logits = model(batch.sparse, batch.dense)
+    """
+
+    def __init__(self, directory: str | Path, *, table_sizes: dict[str, int] | None = None,
+                 chunk_rows: int = 1 << 20):
+        self.directory = Path(directory)
+        self.spec: DatasetSpec = load_spec(self.directory)
+        self.chunk_rows = chunk_rows
+        self.sparse_names = [f.name for f in self.spec.sparse_fields]
+        self.mh_names = [f.name for f in self.spec.multi_hot_fields]
+        self.dense_names = [f.name for f in self.spec.dense_fields]
+        sizes = {f.name: f.cardinality for f in self.spec.fields if f.cardinality}
+        unknown = set(table_sizes or {}) - set(sizes)
+        if unknown:
+            raise DataContractError(f"table_sizes names fields the dataset lacks: {sorted(unknown)}",
+                                    file=self.directory / "dataset.yaml")
+        sizes.update(table_sizes or {})
+        self.table_sizes: dict[str, int] = sizes
+        self._domains = pa.array(self.spec.domain_names, pa.string())
+        self._row_groups: list[tuple[Path, int, int]] = []
+        for name in self.spec.files:
+            path = self.directory / name
+            try:
+                meta = pq.ParquetFile(path).metadata
+            except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
+                raise DataContractError(f"cannot open data file ({exc})", file=path) from None
+            for g in range(meta.num_row_groups):
+                self._row_groups.append((path, g, meta.row_group(g).num_rows))
+
+    @property
+    def keys(self) -> list[str]:
+        return self.sparse_names + self.mh_names
+
+    # -- selection ---------------------------------------------------------------------------
+    def _mask(self, t: pa.Table, split: SplitName | None, split_kind: SplitKind, split_seed: int | None,
+              domains: np.ndarray | None, ts_range: tuple[int | None, int | None] | None) -> np.ndarray:
+        n = t.num_rows
+        keep = np.ones(n, dtype=bool)
+        if split is not None:
+            if split_kind == "random":
+                parts = random_parts(t.column("example_id").to_numpy(), self.spec.split.random, split_seed)
+            else:
+                if self.spec.split.temporal is None:
+                    raise DataContractError("dataset has no temporal split", file=self.directory / "dataset.yaml")
+                parts = temporal_parts(t.column("ts").to_numpy(), self.spec.split.temporal)
+            keep &= parts == PART_INDEX[split]
+        if domains is not None:
+            keep &= np.isin(self._domain_index(t), domains)
+        if ts_range is not None:
+            ts = t.column("ts").to_numpy()
+            lo, hi = ts_range
+            if lo is not None:
+                keep &= ts >= lo
+            if hi is not None:
+                keep &= ts < hi
+        return keep
+
+    def _domain_index(self, t: pa.Table) -> np.ndarray:
+        return pc.index_in(t.column("domain"), value_set=self._domains).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def _read(self, groups: list[tuple[Path, int, int]], mask_args: tuple) -> _Chunk:
+        tables = [pq.ParquetFile(p).read_row_group(g) for p, g, _ in groups]
+        t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        keep = self._mask(t, *mask_args)
+        if not keep.all():
+            t = t.filter(pa.array(keep))
+        n = t.num_rows
+        ids = np.empty((n, len(self.sparse_names)), dtype=np.int64)
+        for j, name in enumerate(self.sparse_names):
+            ids[:, j] = table_rows(t.column(name).to_numpy(), self.table_sizes[name])
+        mh = []
+        for name in self.mh_names:
+            col = t.column(name).combine_chunks()
+            off = col.offsets.to_numpy().astype(np.int64)
+            vals = col.values.to_numpy()[off[0]:off[-1]]
+            mh.append((off - off[0], table_rows(vals, self.table_sizes[name])))
+        dense = np.empty((n, len(self.dense_names)), dtype=np.float32)
+        for j, name in enumerate(self.dense_names):
+            dense[:, j] = t.column(name).to_numpy()
+        return _Chunk(ids, mh, dense, t.column("label").to_numpy().astype(np.float32),
+                      self._domain_index(t), t.column("example_id").to_numpy().copy())
+
+    def _chunks(self, rng: np.random.Generator | None, mask_args: tuple) -> Iterator[_Chunk]:
+        order = list(range(len(self._row_groups)))
+        if rng is not None:
+            order = rng.permutation(len(order)).tolist()
+        group: list[tuple[Path, int, int]] = []
+        rows = 0
+        for k in order:
+            group.append(self._row_groups[k])
+            rows += self._row_groups[k][2]
+            if rows >= self.chunk_rows:
+                yield self._read(group, mask_args)
+                group, rows = [], 0
+        if group:
+            yield self._read(group, mask_args)
+
+    # -- batches -----------------------------------------------------------------------------
+    def batches(
+        self,
+        split: SplitName | None = "train",
+        *,
+        batch_size: int = 4096,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        split_kind: SplitKind = "random",
+        split_seed: int | None = None,
+        domains: Iterable[str] | None = None,
+        ts_range: tuple[int | None, int | None] | None = None,
+    ) -> Iterator[Batch]:
+        """Yield this rank's batches of ``split`` (``None``: every row)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        dom_idx = None
+        if domains is not None:
+            names = list(domains)
+            missing = [d for d in names if d not in self.spec.domain_names]
+            if missing:
+                raise DataContractError(f"domain '{missing[0]}' is not declared in dataset.yaml",
+                                        file=self.directory / "dataset.yaml")
+            dom_idx = np.array([self.spec.domain_index(d) for d in names])
+        mask_args = (split, split_kind, split_seed, dom_idx, ts_range)
+        rng = np.random.default_rng([seed, epoch]) if shuffle else None
+        g = batch_size * world_size
+        carry: _Chunk | None = None
+        for chunk in self._chunks(rng, mask_args):
+            if rng is not None:
+                chunk = chunk.take(rng.permutation(len(chunk)))
+            if carry is not None and len(carry):
+                chunk = _Chunk.concat([carry, chunk])
+            full = len(chunk) // g * g
+            for lo in range(0, full, g):
+                yield self._to_batch(chunk.slice(lo + rank * batch_size, lo + (rank + 1) * batch_size))
+            carry = chunk.slice(full, len(chunk))
+        if carry is not None and len(carry) and not drop_last:
+            bounds = np.linspace(0, len(carry), world_size + 1).astype(np.int64)
+            yield self._to_batch(carry.slice(int(bounds[rank]), int(bounds[rank + 1])))
+
+    def _to_batch(self, c: _Chunk) -> Batch:
+        b = len(c)
+        values = [c.ids.T.reshape(-1)]
+        lengths = [np.ones(b * len(self.sparse_names), dtype=np.int64)]
+        for off, val in c.mh:
+            values.append(val)
+            lengths.append(np.diff(off))
+        kjt = KeyedJaggedTensor(
+            keys=self.keys,
+            values=torch.from_numpy(np.concatenate(values)),
+            lengths=torch.from_numpy(np.concatenate(lengths)),
+            stride=b,
+        )
+        return Batch(kjt, torch.from_numpy(c.dense), torch.from_numpy(c.labels), torch.from_numpy(c.domain),
+                     torch.from_numpy(c.example_id))
+
+    def num_rows(self, split: SplitName | None = "train", *, split_kind: SplitKind = "random",
+                 split_seed: int | None = None, domains: Iterable[str] | None = None,
+                 ts_range: tuple[int | None, int | None] | None = None) -> int:
+        """Rows of ``split`` (reads only the key columns)."""
+        dom_idx = None if domains is None else np.array([self.spec.domain_index(d) for d in domains])
+        total = 0
+        for name in self.spec.files:
+            t = pq.read_table(self.directory / name, columns=["example_id", "ts", "domain"])
+            total += int(self._mask(t, split, split_kind, split_seed, dom_idx, ts_range).sum())
+        return total
+
+
+def prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Produce ``batches`` on a background thread, ``depth`` ahead (numpy/Arrow release the GIL)."""
+    if depth <= 0:
+        yield from batches
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                if stop.is_set():
+                    return
+                q.put(b)
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, daemon=True, name="mdctr-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,55 @@
+"""Built-in datasets and data references.
+
+A config names its data either as a directory or as ``NAME:SPLIT`` of a built-in dataset
+(``movielens-100k:gender``); :func:`resolve_data` prepares a built-in one into the cache on
+first use and returns its directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mdctr.domains.errors import DataContractError
+from mdctr.domains.movielens import SPLITS as MOVIELENS_SPLITS
+from mdctr.domains.movielens import prepare_movielens
+from mdctr.domains.sources import cache_dir
+from mdctr.domains.spec import SPEC_FILE, DatasetSpec
+
+#: name -> (prepare(split, out, split_seed=, overwrite=), valid splits)
+BUILTIN: dict[str, tuple[Callable[..., DatasetSpec], tuple[str, ...]]] = {
+    "movielens-100k": (prepare_movielens, MOVIELENS_SPLITS),
+}
+
+
+def prepare_builtin(name: str, split: str, out: str | Path, *, split_seed: int = 0,
+                    overwrite: bool = False) -> DatasetSpec:
+    if name not in BUILTIN:
+        raise ValueError(f"unknown dataset '{name}' (built-in: {', '.join(BUILTIN)})")
+    prepare, splits = BUILTIN[name]
+    if split not in splits:
+        raise ValueError(f"--split for {name} must be one of {', '.join(splits)}, got '{split}'")
+    return prepare(split, out, split_seed=split_seed, overwrite=overwrite)
+
+
+def is_builtin_ref(ref: str) -> bool:
+    return ":" in ref and ref.split(":", 1)[0] in BUILTIN
+
+
+def resolve_data(ref: str | Path) -> Path:
+    """Directory of a data reference: an existing dataset directory or ``NAME:SPLIT``."""
+    ref_s = str(ref)
+    if is_builtin_ref(ref_s):
+        name, split = ref_s.split(":", 1)
+        out = cache_dir() / "datasets" / f"{name}-{split}"
+        if not (out / SPEC_FILE).exists():
+            prepare_builtin(name, split, out, overwrite=out.exists())
+        return out
+    path = Path(ref_s).expanduser()
+    if not (path / SPEC_FILE).exists():
+        raise DataContractError(
+            f"not a dataset (no {SPEC_FILE}); give a dataset directory or one of "
+            + ", ".join(f"{n}:{{{'|'.join(s)}}}" for n, (_, s) in BUILTIN.items()),
+            file=path,
+        )
+    return path

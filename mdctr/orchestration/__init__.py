@@ -1,0 +1,1 @@
+"""Stages as Ray job entrypoints, the retraining cadence and tuning."""

@@ -1,0 +1,1 @@
+"""The shared backbone: features to TorchRec tables, sharding, towers, training, metrics, stores."""
