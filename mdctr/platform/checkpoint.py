@@ -1,0 +1,98 @@
+"""Epoch checkpoints with ``torch.distributed.checkpoint`` (sharded tables, fused optimizer
+state, dense weights) plus a small ``state.json`` that names the last and best epochs.
+
+Layout of a checkpoint directory::
+
+    state.json        {"last_epoch": 3, "best_epoch": 2, "best_wauc": 0.78, "bad_epochs": 1,
+                       "stopped": false, "history": [...]}
+    epoch-0002/       DCP files of the best epoch (the run's model)
+    epoch-0003/       DCP files of the last epoch (where --resume continues)
+
+``state.json`` is replaced atomically after the epoch's DCP files are complete, so a crash
+mid-save leaves the previous state pointing at complete checkpoints. Epoch directories that
+are neither last nor best are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+from mdctr.platform.metrics import write_json
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainState:
+    last_epoch: int = -1
+    best_epoch: int = -1
+    best_wauc: float = float("-inf")
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def next_epoch(self) -> int:
+        return self.last_epoch + 1
+
+
+def epoch_dir(ckpt_dir: Path, epoch: int) -> Path:
+    return Path(ckpt_dir) / f"epoch-{epoch:04d}"
+
+
+def read_state(ckpt_dir: Path) -> TrainState | None:
+    path = Path(ckpt_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    if raw.get("best_wauc") is None:
+        raw["best_wauc"] = float("-inf")
+    return TrainState(**raw)
+
+
+def write_state(ckpt_dir: Path, state: TrainState) -> None:
+    raw = asdict(state)
+    if raw["best_wauc"] == float("-inf"):
+        raw["best_wauc"] = None
+    write_json(raw, Path(ckpt_dir) / STATE_FILE)
+
+
+def save(model: nn.Module, optimizer, directory: Path) -> None:
+    """Collective: every rank writes its shards of model and optimizer state."""
+    state = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optim"] = optimizer.state_dict()
+    dcp.save(state, checkpoint_id=str(directory))
+
+
+def load(model: nn.Module, optimizer, directory: Path) -> None:
+    """Collective: load ``directory`` into ``model`` (and ``optimizer``), resharding if needed."""
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{directory}: checkpoint not found")
+    state = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optim"] = optimizer.state_dict()
+    dcp.load(state, checkpoint_id=str(directory))
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optim"])
+
+
+def prune(ckpt_dir: Path, state: TrainState) -> None:
+    """Remove epoch directories other than the last and the best (rank 0 only)."""
+    keep = {epoch_dir(ckpt_dir, state.last_epoch).name, epoch_dir(ckpt_dir, state.best_epoch).name}
+    for d in Path(ckpt_dir).glob("epoch-*"):
+        if d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

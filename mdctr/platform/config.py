@@ -1,0 +1,109 @@
+"""Typed training config: what ``configs/*.yaml`` holds for ``mdctr train``.
+
+Every section is a pydantic model with unknown keys forbidden, so a typo fails at load with
+one line naming the file and key. Example (``configs/movielens_gender_shared.yaml``)::
+
+    data: movielens-100k:gender      # a dataset directory or NAME:SPLIT of a built-in one
+    baseline: shared                 # shared | shared_domain_feature | separate
+    model: {tower: mlp, embedding_dim: 16, hidden: [256, 128]}
+    optim:
+      embedding: {type: rowwise_adagrad, lr: 0.05}
+      dense: {type: adam, lr: 0.001}
+    train: {epochs: 8, batch_size: 1024, patience: 2, seed: 0}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mdctr.domains.config_io import StrictModel, dump_model, load_model
+
+
+class Baseline(str, Enum):
+    shared = "shared"
+    shared_domain_feature = "shared_domain_feature"
+    separate = "separate"
+
+
+class ModelConfig(StrictModel):
+    tower: Literal["mlp", "dcnv2", "deepfm"] = "mlp"
+    embedding_dim: int = Field(default=16, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    #: table rows = min(field cardinality, max_table_rows) unless table_rows names the field
+    max_table_rows: int = Field(default=1_000_000, ge=1)
+    table_rows: dict[str, int] = {}
+    #: DCNv2 cross layers and the rank of their low-rank weights
+    cross_layers: int = Field(default=3, ge=1)
+    cross_rank: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _hidden(self) -> "ModelConfig":
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError("model.hidden must list positive layer widths")
+        if any(v < 1 for v in self.table_rows.values()):
+            raise ValueError("model.table_rows values must be >= 1")
+        return self
+
+
+class EmbeddingOptim(StrictModel):
+    """The fused (in-backward, fbgemm) optimizer of the embedding tables."""
+
+    type: Literal["sgd", "adagrad", "rowwise_adagrad", "adam"] = "rowwise_adagrad"
+    lr: float = Field(default=0.05, gt=0)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class DenseOptim(StrictModel):
+    type: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class OptimConfig(StrictModel):
+    embedding: EmbeddingOptim = EmbeddingOptim()
+    dense: DenseOptim = DenseOptim()
+
+
+class TrainLoopConfig(StrictModel):
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    eval_batch_size: int = Field(default=8192, ge=1)
+    #: epochs without a better validation WAUC before stopping
+    patience: int = Field(default=2, ge=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    seed: int = 0
+    split_kind: Literal["random", "temporal"] = "random"
+    split_seed: int | None = None
+    #: background batches prepared ahead of the model (0: none)
+    prefetch: int = Field(default=2, ge=0)
+
+
+class TrainConfig(StrictModel):
+    data: str
+    baseline: Baseline = Baseline.shared
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainLoopConfig = TrainLoopConfig()
+    world_size: int = Field(default=1, ge=1)
+
+    def fingerprint(self) -> str:
+        """Short hash of the resolved config (identifies a run's settings)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    return load_model(path, TrainConfig)
+
+
+def save_train_config(cfg: TrainConfig, path: str | Path) -> None:
+    dump_model(cfg, path)

@@ -1,0 +1,133 @@
+"""Process groups, sharding and optimizers.
+
+- :func:`select_device`: CUDA + NCCL when a GPU is present, else CPU + gloo.
+- :func:`launch`: run ``fn(rank, world_size, *args)`` in ``world_size`` processes (world
+  size 1 runs in this process) with a process group bound to 127.0.0.1.
+- :func:`shard`: fused in-backward optimizer on the tables, TorchRec's planner, then
+  ``DistributedModelParallel``.
+- :func:`dense_optimizer`: a torch optimizer over every parameter that is not a table.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.types import ShardingEnv
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import KeyedOptimizerWrapper
+
+from mdctr.platform.config import DenseOptim, EmbeddingOptim
+
+
+def select_device(local_rank: int = 0) -> tuple[torch.device, str]:
+    """``(cuda:local_rank, "nccl")`` when CUDA is available, else ``(cpu, "gloo")``."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank), "nccl"
+    return torch.device("cpu"), "gloo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def process_group(rank: int, world_size: int, backend: str):
+    """Join (and finally leave) the default process group; a no-op if one exists already."""
+    if dist.is_initialized():
+        yield
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world_size)
+    os.environ["LOCAL_RANK"] = str(rank)
+    _, backend = select_device(rank)
+    with process_group(rank, world_size, backend):
+        fn(rank, world_size, *args)
+
+
+def launch(fn: Callable, world_size: int, *args) -> None:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` ranks (spawned processes if > 1).
+
+    Already inside a process group (e.g. a Ray Train worker or ``torchrun``), ``fn`` runs on
+    this rank of it instead.
+    """
+    if dist.is_initialized():
+        fn(dist.get_rank(), dist.get_world_size(), *args)
+        return
+    if world_size == 1:
+        _worker(0, 1, free_port(), fn, args)
+        return
+    mp.spawn(_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
+
+
+_FUSED: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adam": torch.optim.Adam,
+}
+
+
+def fused_kwargs(cfg: EmbeddingOptim) -> dict:
+    kw: dict = {"lr": cfg.lr}
+    if cfg.type != "sgd":
+        kw["eps"] = cfg.eps
+    if cfg.weight_decay:
+        kw["weight_decay"] = cfg.weight_decay
+    return kw
+
+
+def shard(model: nn.Module, tables: Iterable[nn.Module], *, device: torch.device, batch_size: int,
+          optim: EmbeddingOptim) -> DistributedModelParallel:
+    """Attach the fused optimizer to ``tables`` (EmbeddingBagCollections), plan, and wrap."""
+    for ebc in tables:
+        apply_optimizer_in_backward(_FUSED[optim.type], ebc.parameters(), fused_kwargs(optim))
+    pg = dist.group.WORLD
+    world = dist.get_world_size()
+    topology = Topology(world_size=world, compute_device=device.type, local_world_size=world)
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size)
+    plan = planner.collective_plan(model, None, pg)
+    return DistributedModelParallel(model, env=ShardingEnv.from_process_group(pg), device=device, plan=plan)
+
+
+def table_param_names(dmp: nn.Module) -> set[str]:
+    """Names of the fused (sharded table) parameters of a DMP model."""
+    return set(dmp.fused_optimizer.params.keys())
+
+
+_DENSE: dict[str, Callable] = {
+    "adam": lambda ps, c: torch.optim.Adam(ps, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda ps, c: torch.optim.AdamW(ps, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, weight_decay=c.weight_decay, momentum=0.9),
+    "adagrad": lambda ps, c: torch.optim.Adagrad(ps, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+
+def dense_optimizer(params: dict[str, nn.Parameter], cfg: DenseOptim) -> KeyedOptimizerWrapper:
+    """A keyed torch optimizer over ``params`` (name -> parameter)."""
+    if not params:
+        raise ValueError("no dense parameters to optimise")
+    return KeyedOptimizerWrapper(params, lambda ps: _DENSE[cfg.type](list(ps), cfg))

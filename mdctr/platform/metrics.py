@@ -1,0 +1,81 @@
+"""Overall and per-domain AUC / log loss and WAUC, in ``metrics.json``'s schema (DESIGN §6).
+
+AUC is torchmetrics' exact binary AUROC; log loss is torch's BCE on logits. WAUC is the
+per-domain AUC weighted by each domain's example count (domains whose labels are all one
+class have no AUC and are left out of the weighting).
+
+>>> import torch
+>>> m = compute_metrics(torch.tensor([2., -1., 0.5, -2.]), torch.tensor([1., 0., 0., 1.]),
+...                     torch.tensor([0, 0, 1, 1]), ["F", "M"], split="test")
+>>> m["auc"], m["domains"]["F"]["auc"], m["domains"]["M"]["auc"], m["wauc"]
+(0.5, 1.0, 0.0, 0.5)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import binary_auroc
+
+from mdctr.domains.summary import format_table
+
+
+def _auc(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    if labels.numel() == 0 or labels.min() == labels.max():
+        return float("nan")
+    return float(binary_auroc(torch.sigmoid(logits.double()), labels.long()))
+
+
+def _logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    if labels.numel() == 0:
+        return float("nan")
+    return float(F.binary_cross_entropy_with_logits(logits.double(), labels.double()))
+
+
+def _r(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 6)
+
+
+def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor,
+                    domain_names: list[str], *, split: str) -> dict:
+    """Metrics of one split: ``{"split", "n", "auc", "logloss", "wauc", "domains": {...}}``."""
+    logits, labels, domain = logits.float().cpu(), labels.float().cpu(), domain.long().cpu()
+    domains: dict[str, dict] = {}
+    weighted, weight = 0.0, 0
+    for j, name in enumerate(domain_names):
+        sel = domain == j
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        auc = _auc(logits[sel], labels[sel])
+        domains[name] = {"n": n, "auc": _r(auc), "logloss": _r(_logloss(logits[sel], labels[sel]))}
+        if not math.isnan(auc):
+            weighted += n * auc
+            weight += n
+    return {
+        "split": split,
+        "n": int(labels.numel()),
+        "auc": _r(_auc(logits, labels)),
+        "logloss": _r(_logloss(logits, labels)),
+        "wauc": _r(weighted / weight) if weight else None,
+        "domains": domains,
+    }
+
+
+def metrics_table(m: dict) -> str:
+    rows = [{"domain": "(all)", "n": m["n"], "auc": m["auc"], "logloss": m["logloss"]}]
+    rows += [{"domain": d, **v} for d, v in m["domains"].items()]
+    return format_table(rows) + f"\nWAUC {m['wauc']}"
+
+
+def write_json(obj: dict, path: str | Path) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

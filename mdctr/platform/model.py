@@ -1,0 +1,100 @@
+"""The CTR backbone: features -> EmbeddingBagCollection -> concat dense -> tower -> logit.
+
+``forward`` returns logits; losses live in the trainer. The embedding tables are built on
+the meta device and materialised by ``DistributedModelParallel`` (:mod:`.distributed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+from mdctr.domains.spec import DatasetSpec, FieldKind
+from mdctr.platform.config import Baseline, ModelConfig
+from mdctr.platform.towers import build_tower
+
+DOMAIN_KEY = "__domain__"
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which tables the model has and how big they are."""
+
+    keys: list[str]  # KJT keys in order (the reader's keys, then the domain key if used)
+    rows: dict[str, int]  # key -> table rows
+    pooling: dict[str, PoolingType]
+    dense_dim: int
+    domain_names: list[str]
+
+    @property
+    def reader_table_sizes(self) -> dict[str, int]:
+        return {k: v for k, v in self.rows.items() if k != DOMAIN_KEY}
+
+
+def feature_layout(spec: DatasetSpec, cfg: ModelConfig, baseline: Baseline) -> FeatureLayout:
+    keys, rows, pooling = [], {}, {}
+    for f in spec.sparse_fields + spec.multi_hot_fields:
+        unknown = set(cfg.table_rows) - {x.name for x in spec.fields}
+        if unknown:
+            raise ValueError(f"model.table_rows names fields the dataset lacks: {sorted(unknown)}")
+        keys.append(f.name)
+        rows[f.name] = cfg.table_rows.get(f.name, min(int(f.cardinality or 1), cfg.max_table_rows))
+        pooling[f.name] = PoolingType.MEAN if f.kind is FieldKind.multi_hot else PoolingType.SUM
+    if baseline is Baseline.shared_domain_feature:
+        keys.append(DOMAIN_KEY)
+        rows[DOMAIN_KEY] = len(spec.domains)
+        pooling[DOMAIN_KEY] = PoolingType.SUM
+    return FeatureLayout(keys, rows, pooling, len(spec.dense_fields), spec.domain_names)
+
+
+def table_configs(layout: FeatureLayout, embedding_dim: int) -> list[EmbeddingBagConfig]:
+    return [
+        EmbeddingBagConfig(name=f"t_{k}", embedding_dim=embedding_dim, num_embeddings=layout.rows[k],
+                           feature_names=[k], pooling=layout.pooling[k])
+        for k in layout.keys
+    ]
+
+
+class CTRModel(nn.Module):
+    """Pooled embeddings of every field, concatenated with the dense features, into a tower.
+
+    Args:
+        layout: tables and dense width (:func:`feature_layout`).
+        cfg: model section of the config.
+        device: where the tables live before sharding (``meta``: DMP materialises them).
+
+    ``forward(sparse, dense, domain)``: ``sparse`` a KeyedJaggedTensor with the reader's keys
+    (stride B), ``dense`` float (B, dense_dim), ``domain`` int64 (B,) -> logits (B,).
+    """
+
+    def __init__(self, layout: FeatureLayout, cfg: ModelConfig, device: torch.device | str = "meta"):
+        super().__init__()
+        self.layout = layout
+        self.use_domain_feature = DOMAIN_KEY in layout.keys
+        self.num_fields = len(layout.keys)
+        self.embedding_dim = cfg.embedding_dim
+        self.ebc = EmbeddingBagCollection(tables=table_configs(layout, cfg.embedding_dim), device=torch.device(device))
+        in_features = self.num_fields * cfg.embedding_dim + layout.dense_dim
+        self.tower = build_tower(cfg.tower, in_features=in_features, num_fields=self.num_fields,
+                                 embedding_dim=cfg.embedding_dim, hidden=cfg.hidden, activation=cfg.activation,
+                                 dropout=cfg.dropout, cross_layers=cfg.cross_layers, cross_rank=cfg.cross_rank)
+
+    def pooled(self, sparse: KeyedJaggedTensor, domain: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings, (B, F * D), fields in ``layout.keys`` order."""
+        if self.use_domain_feature:
+            dom = KeyedJaggedTensor(keys=[DOMAIN_KEY], values=domain,
+                                    lengths=torch.ones_like(domain), stride=domain.shape[0])
+            sparse = KeyedJaggedTensor.concat([sparse, dom])
+        return self.ebc(sparse).values()
+
+    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        emb = self.pooled(sparse, domain)
+        return self.head(emb, dense)
+
+    def head(self, emb: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """The dense side: tower over [pooled embeddings, dense features] -> logits (B,)."""
+        x = torch.cat([emb, dense], dim=1) if self.layout.dense_dim else emb
+        return self.tower(x, emb.view(emb.shape[0], self.num_fields, self.embedding_dim))

@@ -1,0 +1,196 @@
+"""The training loop: epochs, early stopping on validation WAUC, checkpoints, resume.
+
+One :class:`Trainer` trains one model on one rank of a process group. Determinism: the data
+order is a function of ``(seed, epoch)`` and the torch RNG is reseeded at each epoch from
+``(seed, epoch, rank)``, so a run resumed after epoch ``e`` continues exactly as the
+uninterrupted run would have.
+
+The loss lives here, outside the model: ``loss_fn(logits, batch) -> scalar`` (default BCE).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchrec import EmbeddingBagCollection
+from torchrec.optim.keyed import CombinedOptimizer
+from tqdm.auto import tqdm
+
+from mdctr.domains.batching import Batch, DatasetReader, prefetch
+from mdctr.platform import checkpoint as ckpt
+from mdctr.platform.config import TrainConfig
+from mdctr.platform.distributed import dense_optimizer, shard, table_param_names
+from mdctr.platform.metrics import compute_metrics
+from mdctr.platform.model import CTRModel, FeatureLayout
+
+log = logging.getLogger("mdctr.train")
+
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
+def bce_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, batch.labels)
+
+
+class Trainer:
+    """Builds the sharded model and optimizers for one rank and runs the loop.
+
+    Args:
+        cfg: the run's config.
+        reader: the dataset (tables sized to ``layout``).
+        layout: feature layout of the model.
+        ckpt_dir: where epoch checkpoints and ``state.json`` go.
+        domains: train/evaluate only these domains (the ``separate`` baseline), else all.
+        model: a pre-built (unsharded) model to use instead of ``CTRModel`` (e.g. with adapters).
+        trainable: which dense parameter names the optimizer updates (default: all).
+    """
+
+    def __init__(self, cfg: TrainConfig, reader: DatasetReader, layout: FeatureLayout, ckpt_dir: Path, *,
+                 rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
+                 domains: list[str] | None = None, model: torch.nn.Module | None = None,
+                 trainable: Callable[[str], bool] | None = None, loss_fn: LossFn = bce_loss,
+                 progress: bool = True):
+        self.cfg, self.reader, self.layout = cfg, reader, layout
+        self.ckpt_dir = Path(ckpt_dir)
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.domains = domains
+        self.loss_fn = loss_fn
+        self.progress = progress and rank == 0
+        self.batch_size = max(1, cfg.train.batch_size // world_size)
+        self.eval_batch_size = max(1, cfg.train.eval_batch_size // world_size)
+        torch.manual_seed(cfg.train.seed)
+        base = model if model is not None else CTRModel(layout, cfg.model)
+        self.model = shard(base, [m for m in base.modules() if isinstance(m, EmbeddingBagCollection)],
+                           device=device, batch_size=self.batch_size, optim=cfg.optim.embedding)
+        tables = table_param_names(self.model)
+        keep = trainable or (lambda name: True)
+        self.dense_params = {n: p for n, p in self.model.named_parameters()
+                             if n not in tables and p.requires_grad and keep(n)}
+        self.dense_opt = dense_optimizer(self.dense_params, cfg.optim.dense)
+        self.optimizer = CombinedOptimizer([self.model.fused_optimizer, self.dense_opt])
+        self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=domains)
+
+    # -- data ----------------------------------------------------------------------------
+    def _batches(self, split: str, epoch: int, *, train: bool):
+        it = self.reader.batches(
+            split, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            seed=self.cfg.train.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
+            drop_last=train and self.world_size > 1, **self._split_kw)
+        return prefetch(it, self.cfg.train.prefetch)
+
+    def _num_batches(self, split: str, batch_size: int) -> int:
+        n = self.reader.num_rows(split, **self._split_kw)
+        return math.ceil(n / (batch_size * self.world_size))
+
+    # -- steps ---------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        torch.manual_seed(self.cfg.train.seed * 100_003 + epoch * 101 + self.rank)
+        self.model.train()
+        total, count = 0.0, 0
+        bar = tqdm(self._batches("train", epoch, train=True), total=self._num_batches("train", self.batch_size),
+                   desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False)
+        clip = self.cfg.train.grad_clip
+        params = list(self.dense_params.values())
+        for batch in bar:
+            batch = batch.to(self.device, non_blocking=True)
+            logits = self.model(batch.sparse, batch.dense, batch.domain)
+            loss = self.loss_fn(logits, batch)
+            self.dense_opt.zero_grad(set_to_none=True)
+            loss.backward()  # the fused optimizer updates the tables here
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            self.dense_opt.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def predict(self, split: str | None, reader: DatasetReader | None = None,
+                domain_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, labels and the reader's domain index of every row of ``split``, gathered on
+        all ranks. ``domain_map`` maps the reader's domain indices to the model's (when the
+        reader holds another dataset than the one trained on).
+        """
+        self.model.eval()
+        reader = reader or self.reader
+        outs: list[tuple[torch.Tensor, ...]] = []
+        it = reader.batches(split, batch_size=self.eval_batch_size, shuffle=False, rank=self.rank,
+                            world_size=self.world_size, **self._split_kw)
+        spare: Batch | None = None
+        for batch in prefetch(it, self.cfg.train.prefetch):
+            if len(batch) == 0 and spare is not None:  # keep collectives in step across ranks
+                self.model(spare.sparse, spare.dense, spare.domain)
+                continue
+            dom = batch.domain if domain_map is None else domain_map[batch.domain]
+            b = batch.to(self.device)
+            logits = self.model(b.sparse, b.dense, dom.to(self.device)).float().cpu()
+            outs.append((logits, batch.labels, batch.domain))
+            spare = b
+        logits, labels, domain = (torch.cat([o[i] for o in outs]) if outs else torch.empty(0) for i in range(3))
+        if self.world_size > 1:
+            logits, labels, domain = (_all_gather(t) for t in (logits, labels, domain.float()))
+        return logits, labels, domain.long()
+
+    def evaluate(self, split: str) -> dict:
+        logits, labels, domain = self.predict(split)
+        return compute_metrics(logits, labels, domain, self.layout.domain_names, split=split)
+
+    # -- loop ----------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> ckpt.TrainState:
+        """Train with early stopping; leaves the best epoch's weights loaded."""
+        state = ckpt.read_state(self.ckpt_dir) if resume else None
+        if state is not None and state.last_epoch >= 0:
+            ckpt.load(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, state.last_epoch))
+            log.info("resumed from epoch %d (best %d, WAUC %.5f)", state.last_epoch, state.best_epoch,
+                     state.best_wauc)
+        state = state or ckpt.TrainState()
+        epochs = self.cfg.train.epochs
+        for epoch in range(state.next_epoch, epochs):
+            if state.stopped:
+                break
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            valid = self.evaluate("valid")
+            wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
+            improved = wauc > state.best_wauc
+            ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
+            state.last_epoch = epoch
+            if improved:
+                state.best_epoch, state.best_wauc, state.bad_epochs = epoch, wauc, 0
+            else:
+                state.bad_epochs += 1
+            state.stopped = state.bad_epochs >= self.cfg.train.patience or epoch == epochs - 1
+            state.history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "valid_auc": valid["auc"],
+                                  "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
+                                  "seconds": round(time.perf_counter() - t0, 2)})
+            if self.rank == 0:
+                ckpt.write_state(self.ckpt_dir, state)
+                ckpt.prune(self.ckpt_dir, state)
+                log.info("epoch %d  train_loss %.5f  valid auc %s wauc %s logloss %s  (%.1fs)%s", epoch,
+                         train_loss, valid["auc"], valid["wauc"], valid["logloss"], state.history[-1]["seconds"],
+                         "  *best" if improved else "")
+            ckpt.barrier()
+        if state.best_epoch < 0:
+            raise RuntimeError(f"{self.ckpt_dir}: no epoch finished, nothing to evaluate")
+        ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch))
+        return state
+
+
+def _all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor of any length from every rank (rank order)."""
+    size = torch.tensor([t.numel()], dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=t.dtype)
+    padded[: t.numel()] = t
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
