@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -20,8 +20,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.types import ShardingEnv
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingEnv, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import KeyedOptimizerWrapper
@@ -100,15 +102,29 @@ def fused_kwargs(cfg: EmbeddingOptim) -> dict:
     return kw
 
 
-def shard(model: nn.Module, tables: Iterable[nn.Module], *, device: torch.device, batch_size: int,
-          optim: EmbeddingOptim) -> DistributedModelParallel:
-    """Attach the fused optimizer to ``tables`` (EmbeddingBagCollections), plan, and wrap."""
-    for ebc in tables:
+#: Sharding types the planner may choose from (all run on CPU and GPU). Data-parallel is left
+#: out on purpose: it would train small tables with a dense optimizer instead of fbgemm's.
+SHARDING_TYPES = [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value,
+                  ShardingType.TABLE_COLUMN_WISE.value]
+
+
+def shard(model: nn.Module, *, device: torch.device, batch_size: int, optim: EmbeddingOptim) -> DistributedModelParallel:
+    """Attach the fused optimizer to every EmbeddingBagCollection of ``model``, plan, and wrap.
+
+    Every table gets a fused fbgemm kernel; the planner picks table-, column- or
+    table-column-wise sharding per table for the world size.
+    """
+    ebcs = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
+    constraints = {}
+    for ebc in ebcs:
         apply_optimizer_in_backward(_FUSED[optim.type], ebc.parameters(), fused_kwargs(optim))
+        for table in ebc.embedding_bag_configs():
+            constraints[table.name] = ParameterConstraints(
+                sharding_types=SHARDING_TYPES, compute_kernels=[EmbeddingComputeKernel.FUSED.value])
     pg = dist.group.WORLD
     world = dist.get_world_size()
     topology = Topology(world_size=world, compute_device=device.type, local_world_size=world)
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size)
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
     plan = planner.collective_plan(model, None, pg)
     return DistributedModelParallel(model, env=ShardingEnv.from_process_group(pg), device=device, plan=plan)
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torchrec import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer
 from tqdm.auto import tqdm
 
@@ -67,8 +66,7 @@ class Trainer:
         self.eval_batch_size = max(1, cfg.train.eval_batch_size // world_size)
         torch.manual_seed(cfg.train.seed)
         base = model if model is not None else CTRModel(layout, cfg.model)
-        self.model = shard(base, [m for m in base.modules() if isinstance(m, EmbeddingBagCollection)],
-                           device=device, batch_size=self.batch_size, optim=cfg.optim.embedding)
+        self.model = shard(base, device=device, batch_size=self.batch_size, optim=cfg.optim.embedding)
         tables = table_param_names(self.model)
         keep = trainable or (lambda name: True)
         self.dense_params = {n: p for n, p in self.model.named_parameters()
@@ -95,7 +93,7 @@ class Trainer:
         self.model.train()
         total, count = 0.0, 0
         bar = tqdm(self._batches("train", epoch, train=True), total=self._num_batches("train", self.batch_size),
-                   desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False)
+                   desc=f"epoch {epoch}", unit="batch", disable=None if self.progress else True, leave=False)
         clip = self.cfg.train.grad_clip
         params = list(self.dense_params.values())
         for batch in bar:
@@ -147,6 +145,7 @@ class Trainer:
         """Train with early stopping; leaves the best epoch's weights loaded."""
         state = ckpt.read_state(self.ckpt_dir) if resume else None
         if state is not None and state.last_epoch >= 0:
+            self.dense_opt.init_state()  # optimizer state is lazy: create it so DCP loads into it
             ckpt.load(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, state.last_epoch))
             log.info("resumed from epoch %d (best %d, WAUC %.5f)", state.last_epoch, state.best_epoch,
                      state.best_wauc)
