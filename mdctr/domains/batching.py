@@ -3,7 +3,8 @@
 The reader works in *chunks* of whole row groups (at least ``chunk_rows`` rows): it reads a
 chunk's columns, keeps the rows of the wanted split/domains/time window, maps ids to table
 rows (:mod:`mdctr.domains.ids`), permutes the chunk once, and then cuts batches as
-contiguous slices. With ``shuffle`` the row-group order and each chunk are permuted by
+contiguous slices. The next chunk is prepared on a background thread while the current one
+is served, and small datasets keep their decoded row groups in memory across epochs. With ``shuffle`` the row-group order and each chunk are permuted by
 ``rng([seed, epoch])``, so a dataset smaller than a chunk is fully shuffled and a larger
 one is block-shuffled with bounded memory. No step loops over rows in Python.
 
@@ -114,6 +115,9 @@ class DatasetReader:
         table_sizes: rows of each field's embedding table; ids are mapped with
             :func:`mdctr.domains.ids.table_rows`. Defaults to each field's cardinality.
         chunk_rows: rows read and shuffled together.
+        cache_rows: datasets with at most this many rows keep their decoded row groups in
+            memory, so later epochs skip Parquet decoding and id mapping.
+        background: read and decode the next chunk on a background thread.
 
     Example::
 
@@ -123,10 +127,12 @@ class DatasetReader:
     """
 
     def __init__(self, directory: str | Path, *, table_sizes: dict[str, int] | None = None,
-                 chunk_rows: int = 1 << 20):
+                 chunk_rows: int = 1 << 20, cache_rows: int = 4 << 20, background: bool = True):
         self.directory = Path(directory)
         self.spec: DatasetSpec = load_spec(self.directory)
         self.chunk_rows = chunk_rows
+        self.background = background
+        self._cache: dict[tuple, _Chunk] = {}
         self.sparse_names = [f.name for f in self.spec.sparse_fields]
         self.mh_names = [f.name for f in self.spec.multi_hot_fields]
         self.dense_names = [f.name for f in self.spec.dense_fields]
@@ -147,6 +153,8 @@ class DatasetReader:
                 raise DataContractError(f"cannot open data file ({exc})", file=path) from None
             for g in range(meta.num_row_groups):
                 self._row_groups.append((path, g, meta.row_group(g).num_rows))
+        # small datasets keep their decoded rows in memory across epochs
+        self._cacheable = sum(n for _, _, n in self._row_groups) <= cache_rows
 
     @property
     def keys(self) -> list[str]:
@@ -179,9 +187,15 @@ class DatasetReader:
     def _domain_index(self, t: pa.Table) -> np.ndarray:
         return pc.index_in(t.column("domain"), value_set=self._domains).to_numpy(zero_copy_only=False).astype(np.int64)
 
-    def _read(self, groups: list[tuple[Path, int, int]], mask_args: tuple) -> _Chunk:
-        tables = [pq.ParquetFile(p).read_row_group(g) for p, g, _ in groups]
-        t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    def _read_group(self, k: int, mask_args: tuple) -> _Chunk:
+        """Row group ``k``'s selected rows, decoded (cached when the dataset is small)."""
+        key = (k, mask_args[0], mask_args[1], mask_args[2],
+               None if mask_args[3] is None else tuple(mask_args[3].tolist()), mask_args[4])
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        path, g, _ = self._row_groups[k]
+        t = pq.ParquetFile(path).read_row_group(g)
         keep = self._mask(t, *mask_args)
         if not keep.all():
             t = t.filter(pa.array(keep))
@@ -198,23 +212,26 @@ class DatasetReader:
         dense = np.empty((n, len(self.dense_names)), dtype=np.float32)
         for j, name in enumerate(self.dense_names):
             dense[:, j] = t.column(name).to_numpy()
-        return _Chunk(ids, mh, dense, t.column("label").to_numpy().astype(np.float32),
-                      self._domain_index(t), t.column("example_id").to_numpy().copy())
+        chunk = _Chunk(ids, mh, dense, t.column("label").to_numpy().astype(np.float32),
+                       self._domain_index(t), t.column("example_id").to_numpy().copy())
+        if self._cacheable:
+            self._cache[key] = chunk
+        return chunk
 
     def _chunks(self, rng: np.random.Generator | None, mask_args: tuple) -> Iterator[_Chunk]:
+        """Chunks of >= ``chunk_rows`` rows (whole row groups), permuted when ``rng`` is given."""
         order = list(range(len(self._row_groups)))
         if rng is not None:
             order = rng.permutation(len(order)).tolist()
-        group: list[tuple[Path, int, int]] = []
+        parts: list[_Chunk] = []
         rows = 0
-        for k in order:
-            group.append(self._row_groups[k])
+        for i, k in enumerate(order):
+            parts.append(self._read_group(k, mask_args))
             rows += self._row_groups[k][2]
-            if rows >= self.chunk_rows:
-                yield self._read(group, mask_args)
-                group, rows = [], 0
-        if group:
-            yield self._read(group, mask_args)
+            if rows >= self.chunk_rows or i == len(order) - 1:
+                chunk = _Chunk.concat(parts)
+                yield chunk.take(rng.permutation(len(chunk))) if rng is not None else chunk
+                parts, rows = [], 0
 
     # -- batches -----------------------------------------------------------------------------
     def batches(
@@ -250,9 +267,8 @@ class DatasetReader:
         rng = np.random.default_rng([seed, epoch]) if shuffle else None
         g = batch_size * world_size
         carry: _Chunk | None = None
-        for chunk in self._chunks(rng, mask_args):
-            if rng is not None:
-                chunk = chunk.take(rng.permutation(len(chunk)))
+        # chunks are read, decoded and permuted on a background thread, one ahead
+        for chunk in prefetch(self._chunks(rng, mask_args), 1 if self.background else 0):
             if carry is not None and len(carry):
                 chunk = _Chunk.concat([carry, chunk])
             full = len(chunk) // g * g

@@ -84,7 +84,7 @@ class TrainLoopConfig(StrictModel):
     split_kind: Literal["random", "temporal"] = "random"
     split_seed: int | None = None
     #: background batches prepared ahead of the model (0: none)
-    prefetch: int = Field(default=2, ge=0)
+    prefetch: int = Field(default=1, ge=0)
 
 
 class TrainConfig(StrictModel):

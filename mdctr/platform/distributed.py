@@ -21,7 +21,9 @@ import torch.multiprocessing as mp
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingEnv, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
@@ -60,11 +62,25 @@ def process_group(rank: int, world_size: int, backend: str):
         dist.destroy_process_group()
 
 
+def quiet_library_warnings() -> None:
+    """Silence deprecation chatter from torch/torchrec internals that users cannot act on."""
+    import logging
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"torch(rec)?\.")
+    warnings.filterwarnings("ignore", message=r".*(DistributedDataParallel|TypedStorage|non-writable).*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\.checkpoint")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+
+
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world_size)
     os.environ["LOCAL_RANK"] = str(rank)
+    quiet_library_warnings()
     _, backend = select_device(rank)
     with process_group(rank, world_size, backend):
         fn(rank, world_size, *args)
@@ -123,10 +139,14 @@ def shard(model: nn.Module, *, device: torch.device, batch_size: int, optim: Emb
                 sharding_types=SHARDING_TYPES, compute_kernels=[EmbeddingComputeKernel.FUSED.value])
     pg = dist.group.WORLD
     world = dist.get_world_size()
-    topology = Topology(world_size=world, compute_device=device.type, local_world_size=world)
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
+    topology = TopologyFactory.create_topology(TrainerConfig(world_size=world, local_world_size=world),
+                                               kernel_config=KernelConfig(compute_device=device.type))
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints,
+                                       storage_reservation=FixedPercentageStorageReservation(0.15))
     plan = planner.collective_plan(model, None, pg)
-    return DistributedModelParallel(model, env=ShardingEnv.from_process_group(pg), device=device, plan=plan)
+    # one rank has nothing to all-reduce: skip DDP's wrapper and its gradient-bucket copies
+    return DistributedModelParallel(model, env=ShardingEnv.from_process_group(pg), device=device, plan=plan,
+                                    init_data_parallel=world > 1)
 
 
 def table_param_names(dmp: nn.Module) -> set[str]:
