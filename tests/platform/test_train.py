@@ -1,0 +1,185 @@
+"""Training on real MovieLens-100K: metrics, checkpoints, baselines, towers, evaluate, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdctr.domains.errors import DataContractError
+from mdctr.domains.splits import TEST, random_parts
+from mdctr.platform import checkpoint as ckpt
+from mdctr.platform.run import evaluate, train
+
+
+MDCTR = [sys.executable, "-m", "mdctr.cli"]
+
+
+@pytest.fixture(scope="module")
+def shared_run(ml_gender, tmp_path_factory, make_config):
+    out = tmp_path_factory.mktemp("runs") / "shared"
+    metrics = train(make_config(ml_gender), out)
+    return out, metrics
+
+
+def test_metrics_json_schema_and_quality(shared_run, ml_gender):
+    out, metrics = shared_run
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert set(metrics) == {"split", "n", "auc", "logloss", "wauc", "domains"}
+    assert metrics["split"] == "test"
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(ml_gender / "part-00000.parquet", columns=["example_id"]).column(0).to_numpy()
+    assert metrics["n"] == int((random_parts(ids, load_split(ml_gender)) == TEST).sum())
+    assert set(metrics["domains"]) == {"F", "M"}
+    assert metrics["domains"]["F"]["n"] + metrics["domains"]["M"]["n"] == metrics["n"]
+    weighted = sum(d["n"] * d["auc"] for d in metrics["domains"].values()) / metrics["n"]
+    assert metrics["wauc"] == pytest.approx(weighted, abs=1e-5)
+    assert 0.76 < metrics["auc"] < 0.82  # 3 short epochs of a small MLP on MovieLens-100K
+    assert 0.45 < metrics["logloss"] < 0.62
+
+
+def load_split(directory: Path):
+    from mdctr.domains.spec import load_spec
+
+    return load_spec(directory).split.random
+
+
+def test_run_directory_and_checkpoints(shared_run):
+    out, _ = shared_run
+    for name in ("config.yaml", "dataset.yaml", "run.json", "history.json", "train.log"):
+        assert (out / name).exists(), name
+    state = ckpt.read_state(out / "checkpoints")
+    assert state.last_epoch == 2 and 0 <= state.best_epoch <= 2
+    assert [h["epoch"] for h in state.history] == [0, 1, 2]
+    kept = sorted(p.name for p in (out / "checkpoints").glob("epoch-*"))
+    assert kept == sorted({f"epoch-{state.last_epoch:04d}", f"epoch-{state.best_epoch:04d}"})
+    assert state.best_wauc == max(h["valid_wauc"] for h in state.history)
+    run = json.loads((out / "run.json").read_text())
+    assert run["wall_seconds"] > 0 and len(run["config_fingerprint"]) == 16
+
+
+def test_evaluate_reproduces_test_metrics(shared_run, tmp_path):
+    out, metrics = shared_run
+    again = evaluate(out, split="test", out=tmp_path / "m.json")
+    assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+    assert again["domains"]["F"]["auc"] == pytest.approx(metrics["domains"]["F"]["auc"], abs=1e-6)
+
+
+def test_evaluate_on_other_domains_and_bad_data(shared_run, tmp_path):
+    out, _ = shared_run
+    from mdctr.domains.datasets import resolve_data
+
+    age = evaluate(out, resolve_data("movielens-100k:age"), split="test", out=tmp_path / "age.json")
+    assert set(age["domains"]) == {"under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"}
+    assert age["n"] == sum(d["n"] for d in age["domains"].values())
+    from mdctr.domains.synthetic import SyntheticConfig, generate_synthetic
+
+    synth = tmp_path / "synth"
+    generate_synthetic(SyntheticConfig(rows=2000, users=50, items=40), synth, progress=False)
+    with pytest.raises(DataContractError, match="differ from the run's"):
+        evaluate(out, synth, out=tmp_path / "x.json")
+
+
+def test_same_seed_same_metrics_and_split_seed_changes_test_set(ml_gender, shared_run, tmp_path, make_config):
+    _, metrics = shared_run
+    again = train(make_config(ml_gender), tmp_path / "again")
+    assert again == metrics
+    other = train(make_config(ml_gender, train={"epochs": 1, "split_seed": 1}), tmp_path / "s1")
+    assert other["n"] != metrics["n"]
+
+
+@pytest.mark.parametrize("baseline", ["shared_domain_feature", "separate"])
+def test_baselines(ml_gender, tmp_path, baseline, make_config):
+    m = train(make_config(ml_gender, baseline=baseline, train={"epochs": 2}), tmp_path / baseline)
+    assert set(m["domains"]) == {"F", "M"}
+    assert m["auc"] > 0.74
+    if baseline == "separate":
+        for d in ("F", "M"):
+            state = ckpt.read_state(tmp_path / baseline / "checkpoints" / d)
+            assert state is not None and state.best_epoch >= 0
+    else:
+        cfg = yaml.safe_load((tmp_path / baseline / "config.yaml").read_text())
+        assert cfg["baseline"] == "shared_domain_feature"
+
+
+@pytest.mark.parametrize("tower", ["dcnv2", "deepfm"])
+def test_other_towers_train(ml_gender, tmp_path, tower, make_config):
+    m = train(make_config(ml_gender, model={"tower": tower}, train={"epochs": 2}), tmp_path / tower)
+    assert m["auc"] > 0.75
+
+
+def test_bad_input_leaves_no_run_directory(ml_gender, tmp_path, make_config):
+    out = tmp_path / "run"
+    with pytest.raises(DataContractError, match="not a dataset"):
+        train(make_config(tmp_path / "missing"), out)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="table_rows names fields"):
+        train(make_config(ml_gender, model={"table_rows": {"nope": 4}}), out)
+    assert not out.exists()
+    (out / "keep").mkdir(parents=True)
+    with pytest.raises(DataContractError, match="not empty"):
+        train(make_config(ml_gender), out)
+    assert [p.name for p in out.iterdir()] == ["keep"]
+
+
+def test_resume_with_a_different_config_is_refused(shared_run, ml_gender, make_config):
+    out, _ = shared_run
+    with pytest.raises(DataContractError, match="differs"):
+        train(make_config(ml_gender, train={"seed": 5}), out, resume=True)
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: movielens-100k:gender\ntrian: {}\n")
+    proc = subprocess.run([*MDCTR, "train", "--config", str(bad), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"mdctr: error: {bad}: unknown key 'trian'"]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_metrics(ml_gender, tmp_path, make_config):
+    cfg = make_config(ml_gender, train={"epochs": 4, "patience": 4})
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    full = train(cfg, tmp_path / "full")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*MDCTR, "train", "--config", str(config), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        state = ckpt.read_state(out / "checkpoints") if (out / "checkpoints" / "state.json").exists() else None
+        if state is not None and state.last_epoch >= 0:
+            break
+        if proc.poll() is not None:
+            pytest.fail("training ended before it could be interrupted")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = ckpt.read_state(out / "checkpoints")
+    assert state.last_epoch < 3 and not (out / "metrics.json").exists()
+    resumed = train(config, out, resume=True)
+    assert resumed["auc"] == pytest.approx(full["auc"], abs=1e-4)
+    assert resumed["wauc"] == pytest.approx(full["wauc"], abs=1e-4)
+    history = json.loads((out / "history.json").read_text())["history"]["all"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_world_size_two_matches_world_size_one(ml_gender, tmp_path, shared_run, make_config):
+    _, one = shared_run
+    two = train(make_config(ml_gender), tmp_path / "ws2", world_size=2)
+    assert abs(two["auc"] - one["auc"]) <= 0.003
+    assert set(two["domains"]) == {"F", "M"}
+    assert two["n"] == one["n"]
