@@ -103,6 +103,9 @@ def evaluate_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app, turning bad input into one line and exit 2."""
+    from mdctr.platform.distributed import quiet_library_warnings
+
+    quiet_library_warnings()
     try:
         app(args=argv, prog_name="mdctr", standalone_mode=False)
     except (DataContractError, ValueError, FileNotFoundError) as exc:
