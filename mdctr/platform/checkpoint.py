@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch import nn
 
 from mdctr.platform.metrics import write_json
@@ -72,14 +73,19 @@ def save(model: nn.Module, optimizer, directory: Path) -> None:
     dcp.save(state, checkpoint_id=str(directory))
 
 
-def load(model: nn.Module, optimizer, directory: Path) -> None:
-    """Collective: load ``directory`` into ``model`` (and ``optimizer``), resharding if needed."""
+def load(model: nn.Module, optimizer, directory: Path, *, partial: bool = False) -> None:
+    """Collective: load ``directory`` into ``model`` (and ``optimizer``), resharding if needed.
+
+    ``partial``: entries of the model the checkpoint lacks (e.g. adapters added after a
+    backbone was trained) keep their current values.
+    """
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory}: checkpoint not found")
     state = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    dcp.load(state, checkpoint_id=str(directory))
+    planner = DefaultLoadPlanner(allow_partial_load=True) if partial else None
+    dcp.load(state, checkpoint_id=str(directory), planner=planner)
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])

@@ -76,6 +76,9 @@ class CTRModel(nn.Module):
         self.use_domain_feature = DOMAIN_KEY in layout.keys
         self.num_fields = len(layout.keys)
         self.embedding_dim = cfg.embedding_dim
+        #: look the tables up without autograd: they get no gradient and never move, and the
+        #: lookup's backward is skipped (fine-tuning only the dense side)
+        self.embeddings_frozen = False
         self.ebc = EmbeddingBagCollection(tables=table_configs(layout, cfg.embedding_dim), device=torch.device(device))
         in_features = self.num_fields * cfg.embedding_dim + layout.dense_dim
         self.tower = build_tower(cfg.tower, in_features=in_features, num_fields=self.num_fields,
@@ -88,6 +91,9 @@ class CTRModel(nn.Module):
             dom = KeyedJaggedTensor(keys=[DOMAIN_KEY], values=domain,
                                     lengths=torch.ones_like(domain), stride=domain.shape[0])
             sparse = KeyedJaggedTensor.concat([sparse, dom])
+        if self.embeddings_frozen:
+            with torch.no_grad():
+                return self.ebc(sparse).values()
         return self.ebc(sparse).values()
 
     def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:

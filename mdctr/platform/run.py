@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.config import Baseline, TrainConfig, load_train_config, save_train_config
 from mdctr.platform.distributed import launch, select_device
 from mdctr.platform.metrics import compute_metrics, metrics_table, write_json
-from mdctr.platform.model import FeatureLayout, feature_layout
+from mdctr.platform.model import CTRModel, FeatureLayout, feature_layout
 from mdctr.platform.trainer import Trainer
 
 log = logging.getLogger("mdctr.train")
@@ -79,24 +80,33 @@ def _train_worker(rank: int, world_size: int, cfg: TrainConfig, data_dir: Path, 
         state = trainer.fit(resume=resume)
         history[unit or "all"] = state.history
         preds.append(trainer.predict("test"))
+    finish_run(run_dir, rank, preds, layout, history)
+
+
+def finish_run(run_dir: Path, rank: int, preds: list[tuple[torch.Tensor, ...]], layout: FeatureLayout,
+               history: dict[str, list], **info) -> None:
+    """Rank 0 writes history.json, run.json (timings, ``info``) and, last, metrics.json."""
+    if rank != 0:
+        return
     logits, labels, domain = (torch.cat([p[i] for p in preds]) for i in range(3))
-    if rank == 0:
-        metrics = compute_metrics(logits, labels, domain, layout.domain_names, split="test")
-        write_json({"history": history}, run_dir / "history.json")
-        info = json.loads((run_dir / "run.json").read_text())
-        info.update({"finished": time.time(), "wall_seconds": round(time.time() - info["started"], 2)})
-        write_json(info, run_dir / "run.json")
-        write_json(metrics, run_dir / "metrics.json")
-        log.info("test metrics\n%s", metrics_table(metrics))
+    metrics = compute_metrics(logits, labels, domain, layout.domain_names, split="test")
+    write_json({"history": history}, run_dir / "history.json")
+    run = json.loads((run_dir / "run.json").read_text())
+    run.update(info)
+    run.update({"finished": time.time(), "wall_seconds": round(time.time() - run["started"], 2)})
+    write_json(run, run_dir / "run.json")
+    write_json(metrics, run_dir / "metrics.json")
+    log.info("test metrics\n%s", metrics_table(metrics))
 
 
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig, data_dir: Path, spec: DatasetSpec, *, resume: bool) -> None:
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, data_dir: Path, spec: DatasetSpec, *, resume: bool,
+                    loader: Callable[[Path], TrainConfig] = load_train_config) -> None:
     """Create (or, for resume, check) the run directory before any training starts."""
     if resume:
         saved = run_dir / "config.yaml"
         if not saved.exists():
             raise DataContractError("nothing to resume (no config.yaml)", file=run_dir)
-        prev = load_train_config(saved)
+        prev = loader(saved)
         if prev.fingerprint() != cfg.fingerprint():
             raise DataContractError("--resume with a config that differs from the run's config.yaml", file=run_dir)
         return
@@ -112,34 +122,37 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, data_dir: Path, spec: Datas
 
 
 def resolve_config(config: str | Path | TrainConfig, *, world_size: int | None = None,
-                   split_seed: int | None = None, seed: int | None = None) -> TrainConfig:
-    cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
-    updates: dict = {}
-    if world_size is not None:
-        updates["world_size"] = world_size
-    train = {}
-    if split_seed is not None:
-        train["split_seed"] = split_seed
-    if seed is not None:
-        train["seed"] = seed
+                   split_seed: int | None = None, seed: int | None = None,
+                   loader: Callable[[Path], TrainConfig] = load_train_config) -> TrainConfig:
+    """The config (a file, read by ``loader``, or an object) with command-line overrides."""
+    cfg = config if isinstance(config, TrainConfig) else loader(Path(config))
     data = cfg.model_dump()
-    data.update(updates)
-    data["train"].update(train)
-    return TrainConfig.model_validate(data)
+    if world_size is not None:
+        data["world_size"] = world_size
+    if split_seed is not None:
+        data["train"]["split_seed"] = split_seed
+    if seed is not None:
+        data["train"]["seed"] = seed
+    return type(cfg).model_validate(data)
 
 
 def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = False,
-          world_size: int | None = None, split_seed: int | None = None, seed: int | None = None) -> dict:
-    """Train per ``config`` into ``out``; returns the test metrics (also in ``out/metrics.json``)."""
-    cfg = resolve_config(config, world_size=world_size, split_seed=split_seed, seed=seed)
+          world_size: int | None = None, split_seed: int | None = None, seed: int | None = None,
+          loader: Callable[[Path], TrainConfig] = load_train_config, worker: Callable = _train_worker) -> dict:
+    """Train per ``config`` into ``out``; returns the test metrics (also in ``out/metrics.json``).
+
+    ``loader``/``worker`` let packages that extend the backbone (adapters) reuse the run
+    machinery: config checks, the run directory, process launch and clean-up on failure.
+    """
+    cfg = resolve_config(config, world_size=world_size, split_seed=split_seed, seed=seed, loader=loader)
     data_dir = resolve_data(cfg.data)
     spec, _ = validate_dataset(data_dir)
     feature_layout(spec, cfg.model, cfg.baseline)  # config/data mismatches fail before any output
     run_dir = Path(out)
     created = not run_dir.exists()
-    prepare_run_dir(run_dir, cfg, data_dir, spec, resume=resume)
+    prepare_run_dir(run_dir, cfg, data_dir, spec, resume=resume, loader=loader)
     try:
-        launch(_train_worker, cfg.world_size, cfg, data_dir, run_dir, resume)
+        launch(worker, cfg.world_size, cfg, data_dir, run_dir, resume)
     except BaseException:
         if created and not (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before the first checkpoint
@@ -150,11 +163,17 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = F
 # -- evaluate ---------------------------------------------------------------------------------
 
 
-def load_run(run_dir: str | Path) -> tuple[TrainConfig, DatasetSpec, FeatureLayout]:
+def default_builder(cfg: TrainConfig, layout: FeatureLayout) -> torch.nn.Module:
+    """The unsharded model of a run (``CTRModel``); other packages pass their own builder."""
+    return CTRModel(layout, cfg.model)
+
+
+def load_run(run_dir: str | Path, loader: Callable[[Path], TrainConfig] = load_train_config,
+             ) -> tuple[TrainConfig, DatasetSpec, FeatureLayout]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise DataContractError("not a run directory (no config.yaml)", file=run_dir)
-    cfg = load_train_config(run_dir / "config.yaml")
+    cfg = loader(run_dir / "config.yaml")
     spec = load_spec(run_dir)
     return cfg, spec, feature_layout(spec, cfg.model, cfg.baseline)
 
@@ -173,9 +192,9 @@ def check_compatible(train_spec: DatasetSpec, data_spec: DatasetSpec, where: Pat
 
 
 def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
-                     out_file: Path) -> None:
+                     out_file: Path, loader: Callable, builder: Callable) -> None:
     setup_logging(None, rank)
-    cfg, train_spec, layout = load_run(run_dir)
+    cfg, train_spec, layout = load_run(run_dir, loader)
     data_spec = load_spec(data_dir)
     domain_map, unknown = check_compatible(train_spec, data_spec, data_dir)
     if unknown and cfg.baseline is not Baseline.shared:
@@ -192,7 +211,7 @@ def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, 
         if state is None or state.best_epoch < 0:
             raise DataContractError("run has no finished checkpoint", file=ck)
         trainer = Trainer(cfg, reader, layout, ck, rank=rank, world_size=world_size, device=device,
-                          domains=None if unit is None else [unit], progress=False)
+                          domains=None if unit is None else [unit], progress=False, model=builder(cfg, layout))
         ckpt.load(trainer.model, None, ckpt.epoch_dir(ck, state.best_epoch))
         preds.append(trainer.predict(split, domain_map=domain_map.clamp(min=0)))
     logits, labels, domain = (torch.cat([p[i] for p in preds]) for i in range(3))
@@ -203,12 +222,17 @@ def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, 
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, *, split: str | None = "test",
-             out: str | Path | None = None) -> dict:
-    """Evaluate a run's best model on ``data`` (default: its training data)."""
+             out: str | Path | None = None, loader: Callable[[Path], TrainConfig] = load_train_config,
+             builder: Callable = default_builder) -> dict:
+    """Evaluate a run's best model on ``data`` (default: its training data).
+
+    ``loader`` reads the run's config and ``builder`` makes its unsharded model (for runs of
+    models that extend the backbone, such as adapters).
+    """
     run_dir = Path(run_dir)
-    cfg, _, _ = load_run(run_dir)
+    load_run(run_dir, loader)
     data_dir = resolve_data(data) if data is not None else Path(json.loads((run_dir / "run.json").read_text())["data_dir"])
     validate_dataset(data_dir)
     out_file = Path(out) if out is not None else run_dir / f"eval-{split or 'all'}.json"
-    launch(_evaluate_worker, 1, run_dir, data_dir, split, out_file)
+    launch(_evaluate_worker, 1, run_dir, data_dir, split, out_file, loader, builder)
     return json.loads(out_file.read_text())
