@@ -81,7 +81,7 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Initialisation and data-order seed."),
 ) -> None:
     """Train a model; writes RUN_DIR/metrics.json (test split)."""
-    from mdctr.platform.run import train
+    from mdctr.adapters.run import train
 
     train(config, out, resume=resume, world_size=world_size, split_seed=split_seed, seed=seed)
 
@@ -94,7 +94,7 @@ def evaluate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Metrics file (default RUN_DIR/eval-SPLIT.json)."),
 ) -> None:
     """Evaluate a run's best model and write its metrics."""
-    from mdctr.platform.run import evaluate
+    from mdctr.adapters.run import evaluate
 
     if split not in ("train", "valid", "test", "all"):
         raise ValueError(f"--split must be train, valid, test or all, got '{split}'")
