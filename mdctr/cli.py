@@ -101,6 +101,62 @@ def evaluate_cmd(
     evaluate(run, data, split=None if split == "all" else split, out=out)
 
 
+adapters_app = typer.Typer(no_args_is_help=True, help="MLoRA per-domain adapters: finetune, list, merge.")
+app.add_typer(adapters_app, name="adapters")
+
+
+@adapters_app.command("finetune")
+def adapters_finetune(
+    base: Path = typer.Option(..., "--base", help="Run directory of the backbone (plain or MLoRA)."),
+    domain: str = typer.Option(..., "--domain", help="Domain to train an adapter for."),
+    data: str = typer.Option(..., "--data", help="Dataset directory or NAME:SPLIT holding the domain."),
+    out: Path = typer.Option(..., "--out", help="Adapter directory (adapter.safetensors + adapter.json)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the base run's train.epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adapter learning rate (default: the base's dense lr)."),
+    alpha: Optional[int] = typer.Option(None, "--alpha", help="rank = max(d_out // alpha, 1)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Explicit rank for every layer."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Train one domain's adapter on a frozen backbone."""
+    from mdctr.adapters.onboard import finetune
+
+    meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, rank=rank, overwrite=overwrite)
+    auc = meta["metrics"]["domains"].get(domain, {}).get("auc")
+    typer.echo(f"adapter '{domain}': {meta['parameters']:,} parameters "
+               f"({100 * meta['parameter_share']:.2f}% of the backbone), test AUC {auc}, "
+               f"{meta['train_seconds']} s -> {out}")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    run: Path = typer.Option(..., "--run", help="Run directory."),
+    adapter: list[Path] = typer.Option([], "--adapter", help="Also list these adapter directories."),
+) -> None:
+    """List a run's adapters (and external adapter directories)."""
+    from mdctr.adapters.serve import list_adapters
+    from mdctr.domains.summary import format_table
+
+    rows = list_adapters(run, adapter)
+    typer.echo(format_table(rows) if rows else f"{run}: no adapters")
+
+
+@adapters_app.command("merge")
+def adapters_merge(
+    run: Path = typer.Option(..., "--run", help="Run directory."),
+    domain: str = typer.Option(..., "--domain", help="Domain whose adapter to fold into the weights."),
+    out: Path = typer.Option(..., "--out", help="Merged single-domain run directory."),
+    adapter: list[Path] = typer.Option([], "--adapter", help="External adapter directories (from finetune)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Rows used to check the merge (default: the domain's)."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Fold one domain's adapter into the backbone weights (a plain run for serving)."""
+    from mdctr.adapters.serve import merge
+
+    info = merge(run, domain, out, adapters=adapter, data=data, overwrite=overwrite)
+    typer.echo(f"merged '{domain}' -> {out} (max |logit gap| {info['max_abs_logit_gap']:.2e} "
+               f"over {info['rows_checked']} rows)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app, turning bad input into one line and exit 2."""
     from mdctr.platform.distributed import quiet_library_warnings

@@ -61,7 +61,7 @@ def attach_adapters(model: nn.Module, domain_names: list[str], *, domains: list[
         raise ValueError("model has no MLP tower to adapt")
     for mlp in mlps:
         for i, layer in enumerate(mlp.layers):
-            mlp.layers[i] = MLoRALinear.from_linear(layer, context, list(domains or domain_names),
+            mlp.layers[i] = MLoRALinear.from_linear(layer, context, list(domain_names if domains is None else domains),
                                                     rank=rank, alpha=alpha)
     model.register_forward_pre_hook(_route_hook(context), with_kwargs=True)
     model.adapter_context = context
@@ -79,16 +79,17 @@ def _clean(name: str) -> str:
     return name
 
 
-def add_domain(model: nn.Module, domain: str, *, alpha: int = 8, rank: int | None = None) -> None:
-    """A fresh (no-op) adapter for ``domain`` in every adapted layer."""
+def add_domain(model: nn.Module, domain: str, *, alpha: int = 8, rank: int | None = None,
+               ranks: dict[str, int] | None = None) -> None:
+    """A fresh (no-op) adapter for ``domain`` in every adapted layer (``ranks``: per layer)."""
     layers = adapter_layers(model)
     if not layers:
         raise ValueError("model has no adapters attached")
     context = next(iter(layers.values())).context
     if domain not in context.domain_names:
         context.domain_names.append(domain)
-    for layer in layers.values():
-        layer.add_adapter(domain, rank=rank, alpha=alpha)
+    for name, layer in layers.items():
+        layer.add_adapter(domain, rank=(ranks or {}).get(name, rank), alpha=alpha)
 
 
 def freeze_backbone(model: nn.Module) -> None:

@@ -53,7 +53,8 @@ def load_config(path: str | Path) -> TrainConfig:
 def build_model(cfg: MLoRATrainConfig, layout: FeatureLayout) -> nn.Module:
     """The backbone with an adapter for every domain of the training data."""
     model = CTRModel(layout, cfg.model)
-    attach_adapters(model, layout.domain_names, alpha=cfg.adapters.alpha, rank=cfg.adapters.rank)
+    attach_adapters(model, layout.domain_names, domains=cfg.train.domains, alpha=cfg.adapters.alpha,
+                    rank=cfg.adapters.rank)
     return model
 
 
@@ -96,7 +97,7 @@ def _mlora_worker(rank: int, world_size: int, cfg: MLoRATrainConfig, data_dir: P
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, layout)
     backbone = backbone_parameter_count(model)
-    shares = {d: parameter_share(model, d, backbone) for d in layout.domain_names}
+    shares = {d: parameter_share(model, d, backbone) for d in (cfg.train.domains or layout.domain_names)}
     info["parameters"] = {"backbone": backbone, "adapter_per_domain": {d: n for d, (n, _) in shares.items()},
                           "adapter_share_per_domain": {d: round(s, 5) for d, (_, s) in shares.items()}}
     log.info("parameters: backbone %s; adapter per domain %s (%.2f%% of the backbone)", f"{backbone:,}",

@@ -83,6 +83,8 @@ class TrainLoopConfig(StrictModel):
     seed: int = 0
     split_kind: Literal["random", "temporal"] = "random"
     split_seed: int | None = None
+    #: train and evaluate on these domains only (default: every domain of the data)
+    domains: list[str] | None = None
     #: background batches prepared ahead of the model (0: none)
     prefetch: int = Field(default=1, ge=0)
 

@@ -60,7 +60,7 @@ def _ckpt_dir(run_dir: Path, cfg: TrainConfig, domain: str | None) -> Path:
 
 def _units(cfg: TrainConfig, spec: DatasetSpec) -> list[str | None]:
     """One model for every domain, or (``separate``) one per domain."""
-    return list(spec.domain_names) if cfg.baseline is Baseline.separate else [None]
+    return list(cfg.train.domains or spec.domain_names) if cfg.baseline is Baseline.separate else [None]
 
 
 def _train_worker(rank: int, world_size: int, cfg: TrainConfig, data_dir: Path, run_dir: Path,
@@ -148,6 +148,10 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = F
     data_dir = resolve_data(cfg.data)
     spec, _ = validate_dataset(data_dir)
     feature_layout(spec, cfg.model, cfg.baseline)  # config/data mismatches fail before any output
+    unknown = [d for d in cfg.train.domains or [] if d not in spec.domain_names]
+    if unknown:
+        raise DataContractError(f"train.domains names '{unknown[0]}', which the data lacks "
+                                f"(has {spec.domain_names})", file=data_dir / "dataset.yaml")
     run_dir = Path(out)
     created = not run_dir.exists()
     prepare_run_dir(run_dir, cfg, data_dir, spec, resume=resume, loader=loader)

@@ -49,17 +49,20 @@ class Trainer:
         domains: train/evaluate only these domains (the ``separate`` baseline), else all.
         model: a pre-built (unsharded) model to use instead of ``CTRModel`` (e.g. with adapters).
         trainable: which dense parameter names the optimizer updates (default: all).
+        domain_map: the model's domain index for each of the reader's (when the reader's
+            dataset orders or names domains differently from the model's).
     """
 
     def __init__(self, cfg: TrainConfig, reader: DatasetReader, layout: FeatureLayout, ckpt_dir: Path, *,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  domains: list[str] | None = None, model: torch.nn.Module | None = None,
                  trainable: Callable[[str], bool] | None = None, loss_fn: LossFn = bce_loss,
-                 progress: bool = True):
+                 domain_map: torch.Tensor | None = None, progress: bool = True):
         self.cfg, self.reader, self.layout = cfg, reader, layout
         self.ckpt_dir = Path(ckpt_dir)
         self.rank, self.world_size, self.device = rank, world_size, device
-        self.domains = domains
+        self.domains = domains if domains is not None else cfg.train.domains
+        self.domain_map = domain_map
         self.loss_fn = loss_fn
         self.progress = progress and rank == 0
         self.batch_size = max(1, cfg.train.batch_size // world_size)
@@ -73,7 +76,7 @@ class Trainer:
                              if n not in tables and p.requires_grad and keep(n)}
         self.dense_opt = dense_optimizer(self.dense_params, cfg.optim.dense)
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, self.dense_opt])
-        self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=domains)
+        self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=self.domains)
 
     # -- data ----------------------------------------------------------------------------
     def _batches(self, split: str, epoch: int, *, train: bool):
@@ -98,7 +101,7 @@ class Trainer:
         params = list(self.dense_params.values())
         for batch in bar:
             batch = batch.to(self.device, non_blocking=True)
-            logits = self.model(batch.sparse, batch.dense, batch.domain)
+            logits = self.model(batch.sparse, batch.dense, self._model_domain(batch.domain))
             loss = self.loss_fn(logits, batch)
             self.dense_opt.zero_grad(set_to_none=True)
             loss.backward()  # the fused optimizer updates the tables here
@@ -126,7 +129,7 @@ class Trainer:
             if len(batch) == 0 and spare is not None:  # keep collectives in step across ranks
                 self.model(spare.sparse, spare.dense, spare.domain)
                 continue
-            dom = batch.domain if domain_map is None else domain_map[batch.domain]
+            dom = self._model_domain(batch.domain, domain_map)
             b = batch.to(self.device)
             logits = self.model(b.sparse, b.dense, dom.to(self.device)).float().cpu()
             outs.append((logits, batch.labels, batch.domain))
@@ -136,9 +139,13 @@ class Trainer:
             logits, labels, domain = (_all_gather(t) for t in (logits, labels, domain.float()))
         return logits, labels, domain.long()
 
+    def _model_domain(self, domain: torch.Tensor, domain_map: torch.Tensor | None = None) -> torch.Tensor:
+        mapping = domain_map if domain_map is not None else self.domain_map
+        return domain if mapping is None else mapping[domain]
+
     def evaluate(self, split: str) -> dict:
         logits, labels, domain = self.predict(split)
-        return compute_metrics(logits, labels, domain, self.layout.domain_names, split=split)
+        return compute_metrics(logits, labels, domain, self.reader.spec.domain_names, split=split)
 
     # -- loop ----------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> ckpt.TrainState:

@@ -1,0 +1,76 @@
+"""Adapter files: ``adapter.safetensors`` (weights) + ``adapter.json`` (where they belong).
+
+``adapter.json``::
+
+    {"format": "mdctr-adapter/1", "domain": "M", "rank": {"tower.mlp.layers.0": 32, ...},
+     "alpha": 8, "layer_shapes": {"tower.mlp.layers.0": [144, 256], ...},
+     "base_run_id": "...", "base_fingerprint": "...", "parameters": 18816,
+     "parameter_share": 0.128, "metrics": {...}}
+
+An adapter loads only onto the backbone it was trained on: the base run's id and
+fingerprint must match (as PEFT's adapter config names its base model, and FuxiCTR refuses
+a ``dataset_id`` mismatch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mdctr.domains.errors import DataContractError
+
+FORMAT = "mdctr-adapter/1"
+WEIGHTS, META = "adapter.safetensors", "adapter.json"
+
+
+def backbone_identity(run_dir: str | Path) -> dict[str, str]:
+    """The run id and fingerprint (config + data + best epoch) of a run's backbone."""
+    run = json.loads((Path(run_dir) / "run.json").read_text())
+    state = json.loads((Path(run_dir) / "checkpoints" / "state.json").read_text())
+    fp = f"{run['config_fingerprint']}:{run.get('data_fingerprint', '')[:16]}:{state['best_epoch']}"
+    return {"base_run_id": run["run_id"], "base_fingerprint": fp}
+
+
+def save_adapter(out: str | Path, tensors: dict[str, torch.Tensor], meta: dict, *, overwrite: bool = False) -> None:
+    """Write both files into ``out`` atomically (temp dir, then rename)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"domain": meta["domain"], "format": FORMAT})
+        (tmp / META).write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    adapter_dir = Path(adapter_dir)
+    meta_path = adapter_dir / META
+    if not meta_path.exists() or not (adapter_dir / WEIGHTS).exists():
+        raise DataContractError(f"not an adapter directory (needs {WEIGHTS} and {META})", file=adapter_dir)
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise DataContractError(f"unknown adapter format {meta.get('format')!r}", file=meta_path)
+    return load_file(str(adapter_dir / WEIGHTS)), meta
+
+
+def check_backbone(meta: dict, run_dir: str | Path, adapter_dir: str | Path) -> None:
+    """Refuse an adapter trained on another backbone."""
+    want = backbone_identity(run_dir)
+    for key in ("base_run_id", "base_fingerprint"):
+        if meta.get(key) != want[key]:
+            raise DataContractError(
+                f"adapter for domain '{meta.get('domain')}' was trained on backbone {meta.get(key)!r}, "
+                f"not on {run_dir} ({want[key]!r})", file=Path(adapter_dir) / META)

@@ -1,0 +1,191 @@
+"""New-domain onboarding and adapter-aware models of existing runs.
+
+``mdctr adapters finetune --base RUN --domain NAME --data DIR --out OUT`` trains one
+domain's adapter on the frozen backbone of RUN (any run: plain or MLoRA) and writes
+``OUT/adapter.safetensors`` + ``OUT/adapter.json``. The backbone (tables and dense weights)
+and every other domain's adapter are left bit-identical, so predictions for other domains
+do not change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mdctr.adapters.files import backbone_identity, check_backbone, read_adapter, save_adapter
+from mdctr.adapters.model import (
+    adapter_layers, adapter_tensors, add_domain, attach_adapters, backbone_parameter_count, freeze_backbone,
+    layer_shapes, load_adapter_tensors,
+)
+from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config, same_tensors
+from mdctr.domains.batching import DatasetReader
+from mdctr.domains.datasets import resolve_data
+from mdctr.domains.errors import DataContractError
+from mdctr.domains.spec import load_spec
+from mdctr.domains.validate import validate_dataset
+from mdctr.platform import checkpoint as ckpt
+from mdctr.platform import run as platform_run
+from mdctr.platform.distributed import launch, select_device
+from mdctr.platform.model import CTRModel
+from mdctr.platform.trainer import Trainer
+
+log = logging.getLogger("mdctr.train")
+
+
+def run_model(run_dir: Path, extra: list[Path] = (), *, new_domain: str | None = None,
+              alpha: int | None = None, rank: int | None = None):
+    """The unsharded model of a run with its own adapters, the adapters in ``extra``
+    (checked against the run's backbone) and a fresh adapter for ``new_domain``.
+
+    Returns ``(cfg, layout, model, domain_names)``; load the run's best checkpoint into the
+    sharded model with ``partial=True`` afterwards, then :func:`apply_extra`.
+    """
+    cfg, _, layout = platform_run.load_run(run_dir, load_config)
+    names = list(layout.domain_names)
+    model = CTRModel(layout, cfg.model)
+    own = (cfg.train.domains or names) if isinstance(cfg, MLoRATrainConfig) else []
+    a = alpha or (cfg.adapters.alpha if isinstance(cfg, MLoRATrainConfig) else 8)
+    r = rank or (cfg.adapters.rank if isinstance(cfg, MLoRATrainConfig) else None)
+    attach_adapters(model, names, domains=own, alpha=a, rank=r)
+    for adapter_dir in extra:
+        _, meta = read_adapter(adapter_dir)
+        check_backbone(meta, run_dir, adapter_dir)
+        if meta["domain"] not in own:
+            add_domain(model, meta["domain"], ranks=meta["rank"])
+    if new_domain is not None:
+        if new_domain in own:
+            raise ValueError(f"domain '{new_domain}' already has an adapter in {run_dir}")
+        add_domain(model, new_domain, alpha=a, rank=r)
+    return cfg, layout, model, model.adapter_context.domain_names
+
+
+def apply_extra(model: nn.Module, run_dir: Path, extra: list[Path]) -> None:
+    for adapter_dir in extra:
+        tensors, meta = read_adapter(adapter_dir)
+        check_backbone(meta, run_dir, adapter_dir)
+        load_adapter_tensors(model, meta["domain"], tensors)
+
+
+def domain_map_for(data_names: list[str], model_names: list[str]) -> torch.Tensor:
+    """Model domain index for each data domain (0 for domains the model lacks; such rows
+    must be filtered out by the caller)."""
+    return torch.tensor([model_names.index(d) if d in model_names else 0 for d in data_names])
+
+
+def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: Path, out: Path, scratch: Path,
+                     overrides: dict) -> None:
+    platform_run.setup_logging(None, rank)
+    device, _ = select_device(rank)
+    cfg, layout, model, names = run_model(base, new_domain=domain, alpha=overrides.get("alpha"),
+                                          rank=overrides.get("rank"))
+    raw = cfg.model_dump()
+    raw["train"].update({k: v for k, v in overrides.items() if k in ("epochs", "seed") and v is not None})
+    if overrides.get("lr") is not None:
+        raw["optim"]["dense"]["lr"] = overrides["lr"]
+    cfg = type(cfg).model_validate(raw)
+    backbone = backbone_parameter_count(model)
+    freeze_backbone(model)
+    for n, p in model.named_parameters():
+        if "lora_" in n and not n.endswith(f".{domain}"):
+            p.requires_grad_(False)
+    data_spec = load_spec(data_dir)
+    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, reader, layout, scratch, rank=rank, world_size=world, device=device, model=model,
+                      domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
+                      trainable=lambda n: "lora_" in n and n.endswith(f".{domain}"))
+    state = ckpt.read_state(base / "checkpoints")
+    ckpt.load(trainer.model, None, ckpt.epoch_dir(base / "checkpoints", state.best_epoch), partial=True)
+    before = backbone_snapshot(trainer.model)
+    others = {d: adapter_tensors(trainer.model, d) for d in names if d != domain and _has(trainer.model, d)}
+    fit = trainer.fit()
+    if not same_tensors(before, backbone_snapshot(trainer.model)) or any(
+            not same_tensors(t, adapter_tensors(trainer.model, d)) for d, t in others.items()):
+        raise RuntimeError("fine-tuning changed the backbone or another domain's adapter")
+    metrics = trainer.evaluate("test")
+    tensors = adapter_tensors(trainer.model, domain)
+    layers = adapter_layers(trainer.model)
+    n_params = sum(t.numel() for t in tensors.values())
+    meta = {
+        "domain": domain,
+        "rank": {n: m.ranks[domain] for n, m in layers.items()},
+        "alpha": overrides.get("alpha") or (cfg.adapters.alpha if isinstance(cfg, MLoRATrainConfig) else 8),
+        "layer_shapes": layer_shapes(trainer.model),
+        **backbone_identity(base),
+        "parameters": n_params,
+        "parameter_share": round(n_params / backbone, 6),
+        "train_seconds": round(time.perf_counter() - t0, 2),
+        "epochs": len(fit.history),
+        "data_dir": str(data_dir),
+        "metrics": metrics,
+    }
+    if rank == 0:
+        save_adapter(out, tensors, meta, overwrite=overrides.get("overwrite", False))
+        log.info("adapter for '%s': %s parameters (%.2f%% of the backbone's %s), test AUC %s, %.1f s",
+                 domain, f"{n_params:,}", 100 * n_params / backbone, f"{backbone:,}",
+                 metrics["domains"].get(domain, {}).get("auc"), meta["train_seconds"])
+
+
+def _has(model: nn.Module, domain: str) -> bool:
+    return all(domain in m.lora_A for m in adapter_layers(model).values())
+
+
+def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *, epochs: int | None = None,
+             lr: float | None = None, alpha: int | None = None, rank: int | None = None, seed: int | None = None,
+             overwrite: bool = False) -> dict:
+    """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``."""
+    base, out = Path(base), Path(out)
+    _, train_spec, _ = platform_run.load_run(base, load_config)
+    data_dir = resolve_data(data)
+    data_spec, _ = validate_dataset(data_dir)
+    if domain not in data_spec.domain_names:
+        raise DataContractError(f"domain '{domain}' is not in the data (has {data_spec.domain_names})",
+                                file=data_dir / "dataset.yaml")
+    platform_run.check_compatible(train_spec, data_spec, data_dir)
+    if ckpt.read_state(base / "checkpoints") is None:
+        raise DataContractError("run has no finished checkpoint", file=base)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ckpt-", dir=out.parent))
+    try:
+        launch(_finetune_worker, 1, base, domain, data_dir, out, scratch,
+               {"epochs": epochs, "lr": lr, "alpha": alpha, "rank": rank, "seed": seed, "overwrite": overwrite})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return json.loads((out / "adapter.json").read_text())
+
+
+def _predict_worker(rank: int, world: int, run_dir: Path, extra: list[Path], data_dir: Path, split: str | None,
+                    domains: list[str] | None, out_file: Path) -> None:
+    platform_run.setup_logging(None, rank)
+    device, _ = select_device(rank)
+    cfg, layout, model, names = run_model(run_dir, extra)
+    data_spec = load_spec(data_dir)
+    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    trainer = Trainer(cfg, reader, layout, run_dir / "checkpoints", rank=rank, world_size=world, device=device,
+                      model=model, domains=domains, domain_map=domain_map_for(data_spec.domain_names, names),
+                      progress=False)
+    state = ckpt.read_state(run_dir / "checkpoints")
+    ckpt.load(trainer.model, None, ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch), partial=True)
+    apply_extra(trainer.model, run_dir, extra)
+    logits, labels, domain = trainer.predict(split)
+    if rank == 0:
+        torch.save({"logits": logits, "labels": labels, "domain": domain}, out_file)
+
+
+def predict(run_dir: str | Path, data: str | Path, *, adapters: list[str | Path] = (), split: str | None = "test",
+            domains: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Logits of a run (plus external adapters) on ``data``: ``{"logits", "labels", "domain"}``."""
+    run_dir, data_dir = Path(run_dir), resolve_data(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_file = Path(tmp) / "pred.pt"
+        launch(_predict_worker, 1, run_dir, [Path(a) for a in adapters], data_dir, split, domains, out_file)
+        return torch.load(out_file, weights_only=True)
