@@ -1,0 +1,107 @@
+import pytest
+import torch
+from torch import nn
+
+from mdctr.adapters.layer import MLoRALinear, RoutingContext
+
+NAMES = ["a", "b", "c"]
+
+
+def make_layer(alpha=4, rank=None, seed=0):
+    torch.manual_seed(seed)
+    ctx = RoutingContext(NAMES)
+    layer = MLoRALinear.from_linear(nn.Linear(10, 8), ctx, NAMES, alpha=alpha, rank=rank)
+    return ctx, layer
+
+
+def randomise(layer):
+    with torch.no_grad():
+        for d in NAMES:
+            layer.lora_B[d].normal_()
+            layer.lora_bias[d].normal_()
+
+
+def test_fresh_adapters_change_nothing_and_share_base_weights():
+    base = nn.Linear(10, 8)
+    ctx = RoutingContext(NAMES)
+    layer = MLoRALinear.from_linear(base, ctx, NAMES, alpha=4)
+    assert layer.weight is base.weight and layer.bias is base.bias
+    x = torch.randn(32, 10)
+    ctx.set(torch.randint(0, 3, (32,)))
+    assert torch.equal(layer(x), base(x))
+    assert set(layer.state_dict()) >= {"weight", "bias", "lora_A.a", "lora_B.c", "lora_bias.b"}
+
+
+def test_rank_rule_and_override():
+    _, layer = make_layer(alpha=4)
+    assert layer.ranks == {"a": 2, "b": 2, "c": 2}  # max(8 // 4, 1)
+    _, layer = make_layer(alpha=64)
+    assert layer.ranks["a"] == 1
+    _, layer = make_layer(rank=5)
+    assert layer.lora_A["a"].shape == (10, 5) and layer.lora_B["a"].shape == (5, 8)
+
+
+def test_mixed_batch_matches_per_example_formula():
+    ctx, layer = make_layer()
+    randomise(layer)
+    x = torch.randn(50, 10)
+    domain = torch.randint(0, 3, (50,))
+    ctx.set(domain)
+    out = layer(x)
+    for i in range(50):
+        d = NAMES[int(domain[i])]
+        ref = x[i] @ layer.weight.T + layer.bias + x[i] @ layer.lora_A[d] @ layer.lora_B[d] + layer.lora_bias[d]
+        torch.testing.assert_close(out[i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_single_domain_fast_path_equals_mixed_path():
+    ctx, layer = make_layer()
+    randomise(layer)
+    x = torch.randn(20, 10)
+    ctx.set(torch.full((20,), 1))
+    assert ctx.routing.single == 1
+    fast = layer(x)
+    mixed_x = torch.cat([x, torch.randn(5, 10)])
+    ctx.set(torch.cat([torch.full((20,), 1), torch.zeros(5, dtype=torch.long)]))
+    assert ctx.routing.single is None
+    torch.testing.assert_close(layer(mixed_x)[:20], fast, rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_reach_only_the_domains_in_the_batch():
+    ctx, layer = make_layer()
+    ctx.set(torch.tensor([0, 0, 2]))
+    layer(torch.randn(3, 10)).sum().backward()
+    assert layer.lora_B["a"].grad.abs().sum() > 0 and layer.lora_B["c"].grad.abs().sum() > 0
+    assert layer.lora_B["b"].grad is None
+
+
+def test_merge_matches_unmerged_and_unmerge_restores_exactly():
+    ctx, layer = make_layer()
+    randomise(layer)
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    x = torch.randn(16, 10)
+    ctx.set(torch.full((16,), 2))
+    adapted = layer(x)
+    layer.merge("c")
+    torch.testing.assert_close(layer(x), adapted, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="serves only that domain"):
+        ctx.set(torch.full((16,), 0))
+        layer(x)
+    layer.unmerge()
+    assert torch.equal(layer.weight, w0) and torch.equal(layer.bias, b0)
+
+
+def test_merge_refuses_non_finite_weights():
+    ctx, layer = make_layer()
+    w0 = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.lora_B["a"].fill_(float("inf"))
+    with pytest.raises(ValueError, match="non-finite"):
+        layer.merge("a")
+    assert torch.equal(layer.weight, w0) and layer.merged is None
+
+
+def test_unknown_domain_index_is_an_error():
+    ctx, _ = make_layer()
+    with pytest.raises(ValueError, match="domain index 3 has no name"):
+        ctx.set(torch.tensor([0, 3]))
