@@ -1,8 +1,8 @@
 """Built-in datasets and data references.
 
-A config names its data either as a directory or as ``NAME:SPLIT`` of a built-in dataset
-(``movielens-100k:gender``); :func:`resolve_data` prepares a built-in one into the cache on
-first use and returns its directory.
+A config names its data as a directory, as ``NAME:SPLIT`` of a built-in dataset
+(``movielens-100k:gender``), or as ``synthetic:CONFIG.yaml``; :func:`resolve_data` prepares
+built-in and synthetic data into the cache on first use and returns its directory.
 """
 
 from __future__ import annotations
@@ -36,9 +36,25 @@ def is_builtin_ref(ref: str) -> bool:
     return ":" in ref and ref.split(":", 1)[0] in BUILTIN
 
 
+def _synthetic_ref(config_path: str) -> Path:
+    """``synthetic:CONFIG.yaml``: generated once into the cache, keyed by the config's content."""
+    import hashlib
+
+    from mdctr.domains.synthetic import generate_synthetic, load_synthetic_config
+
+    cfg = load_synthetic_config(config_path)
+    key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
+    out = cache_dir() / "datasets" / f"synthetic-{cfg.name}-{key}"
+    if not (out / SPEC_FILE).exists():
+        generate_synthetic(cfg, out, overwrite=out.exists())
+    return out
+
+
 def resolve_data(ref: str | Path) -> Path:
     """Directory of a data reference: an existing dataset directory or ``NAME:SPLIT``."""
     ref_s = str(ref)
+    if ref_s.startswith("synthetic:"):
+        return _synthetic_ref(ref_s.split(":", 1)[1])
     if is_builtin_ref(ref_s):
         name, split = ref_s.split(":", 1)
         out = cache_dir() / "datasets" / f"{name}-{split}"
