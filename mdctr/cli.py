@@ -101,7 +101,7 @@ def evaluate_cmd(
     evaluate(run, data, split=None if split == "all" else split, out=out)
 
 
-adapters_app = typer.Typer(no_args_is_help=True, help="MLoRA per-domain adapters: finetune, list, merge.")
+adapters_app = typer.Typer(no_args_is_help=True, help="MLoRA per-domain adapters: finetune, list, merge, export.")
 app.add_typer(adapters_app, name="adapters")
 
 
@@ -155,6 +155,22 @@ def adapters_merge(
     info = merge(run, domain, out, adapters=adapter, data=data, overwrite=overwrite)
     typer.echo(f"merged '{domain}' -> {out} (max |logit gap| {info['max_abs_logit_gap']:.2e} "
                f"over {info['rows_checked']} rows)")
+
+
+@adapters_app.command("export")
+def adapters_export(
+    run: Path = typer.Option(..., "--run", help="Run directory."),
+    out: Path = typer.Option(..., "--out", help="Artifact directory (model.pt + model.json)."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="Merge this domain's adapter (default: all domains, routed)."),
+    adapter: list[Path] = typer.Option([], "--adapter", help="External adapter directories (from finetune)."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Write a TorchScript inference artifact that loads with torch.jit.load alone."""
+    from mdctr.adapters.export import export
+
+    meta = export(run, out, domain=domain, adapters=adapter, overwrite=overwrite)
+    what = f"domain '{domain}' (merged)" if domain else f"all domains {meta['domains']}"
+    typer.echo(f"exported {what} -> {out}/model.pt (inputs: {meta['inputs']}; keys {meta['keys']})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,3 +111,32 @@ def test_adapter_config_is_validated():
         AdapterConfig(mode="sideways")
     with pytest.raises(ValueError):
         AdapterConfig(alpha=0)
+
+
+@pytest.mark.parametrize("domain", [None, "F"])
+def test_exported_torchscript_matches_the_trained_model(two_phase, data, tmp_path, domain):
+    from mdctr.adapters.export import export
+    from mdctr.domains.batching import DatasetReader
+
+    out, _ = two_phase
+    meta = export(out, tmp_path / "artifact", domain=domain)
+    scripted = torch.jit.load(str(tmp_path / "artifact" / "model.pt"))  # no mdctr code needed to run it
+    assert meta["keys"][-1] == "genres" and meta["domains"] == ["F", "M"]
+    want = predict(out, data, domains=[domain] if domain else None)
+    reader = DatasetReader(data)
+    got = torch.cat([scripted(b.sparse.values(), b.sparse.lengths(), b.dense, b.domain)
+                     for b in reader.batches("test", batch_size=4096, shuffle=False,
+                                             domains=[domain] if domain else None)])
+    assert got.shape == want["logits"].shape
+    torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
+
+
+def test_scripted_id_map_equals_numpy_rule():
+    import numpy as np
+
+    from mdctr.adapters.export import table_rows
+    from mdctr.domains.ids import table_rows as numpy_rows
+
+    ids = np.concatenate([np.arange(60), np.random.default_rng(0).integers(0, 2**62, 5000), [2**63 - 1]])
+    for n in (1, 7, 944, 1_000_003):
+        assert (table_rows(torch.tensor(ids), n).numpy() == numpy_rows(ids, n)).all()

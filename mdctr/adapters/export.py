@@ -1,0 +1,218 @@
+"""Inference artifacts that load without mdctr: TorchScript + a JSON sidecar.
+
+``mdctr adapters export --run RUN [--domain NAME] --out DIR`` writes ``DIR/model.pt``
+(``torch.jit.load`` it anywhere torch runs) and ``DIR/model.json`` (input layout). The
+scripted module takes the batch in TorchRec's key-major jagged layout::
+
+    forward(values: int64 (sum of lengths,), lengths: int64 (F * B,), dense: float32 (B, D),
+            domain: int64 (B,)) -> logits (B,)
+
+keys in ``model.json["keys"]`` order, raw ids (mapped to table rows inside the module by
+mdctr's rule: ``id`` if ``id < rows`` else ``splitmix64(id) % rows``), domain indices into
+``model.json["domains"]``. A single-domain artifact has that domain's adapter merged into
+the weights (``domain`` is then ignored); an all-domain artifact keeps every adapter and
+routes each row by its domain with a masked low-rank product (no Python loop).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+from mdctr.adapters.files import check_backbone, read_adapter
+from mdctr.adapters.run import load_config
+from mdctr.domains.errors import DataContractError
+from mdctr.platform import checkpoint as ckpt
+from mdctr.platform import run as platform_run
+from mdctr.platform.model import FeatureLayout
+from mdctr.platform.towers import MLP, build_tower
+
+def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift (1 <= k < 63) of int64 bit patterns."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def table_rows(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """mdctr's id -> row map (:func:`mdctr.domains.ids.table_rows`) in scriptable torch ops.
+
+    splitmix64 on int64 bit patterns (multiplication wraps like uint64's); constants are the
+    uint64 ones written as int64.
+    """
+    z = ids + (-7046029254386353131)  # 0x9E3779B97F4A7C15
+    z = (z ^ _srl(z, 30)) * (-4658895280553007687)  # 0xBF58476D1CE4E5B9
+    z = (z ^ _srl(z, 27)) * (-7723592293110705685)  # 0x94D049BB133111EB
+    z = z ^ _srl(z, 31)
+    # unsigned z mod n, with z's bit pattern held in an int64: 2**63 mod n added when the top bit is set
+    low = (z & 9223372036854775807) % n
+    top = ((4611686018427387904 % n) * 2) % n
+    high = torch.where(z < 0, torch.full_like(z, top), torch.zeros_like(z))
+    hashed = (low + high) % n
+    return torch.where(ids < n, ids, hashed)
+
+
+class RoutedLinear(nn.Module):
+    """Linear + every domain's adapter, routed per row: ``x W^T + b + ((x A) * mask_d) B + b_d``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                 bias_d: torch.Tensor, rank: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        self.a, self.b, self.bias_d = nn.Parameter(a), nn.Parameter(b), nn.Parameter(bias_d)  # (in, D*r), (D*r, out), (D, out)
+        self.rank = rank
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        h = x @ self.a  # (B, D*r)
+        block = torch.arange(h.shape[1], device=x.device) // self.rank
+        h = h * (block.unsqueeze(0) == domain.unsqueeze(1)).to(h.dtype)
+        return nn.functional.linear(x, self.weight, self.bias) + h @ self.b + self.bias_d[domain]
+
+
+class RoutedMLP(nn.Module):
+    def __init__(self, mlp: MLP, layers: list[RoutedLinear]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.act, self.dropout, self.head = mlp.act, nn.Identity(), mlp.head
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = self.act(layer(x, domain))
+        return self.head(x).squeeze(-1)
+
+
+class InferenceModel(nn.Module):
+    def __init__(self, layout: FeatureLayout, tables: list[torch.Tensor], tower: nn.Module,
+                 routed: RoutedMLP | None, modes: list[str]):
+        super().__init__()
+        self.keys = list(layout.keys)
+        self.rows = [layout.rows[k] for k in self.keys]
+        self.bags = nn.ModuleList(nn.EmbeddingBag.from_pretrained(t, freeze=True, mode=m)
+                                  for t, m in zip(tables, modes))
+        self.tower = tower
+        self.routed = routed
+        self.dense_dim = layout.dense_dim
+        self.num_fields = len(self.keys)
+        self.dim = tables[0].shape[1]
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor, dense: torch.Tensor,
+                domain: torch.Tensor) -> torch.Tensor:
+        b = domain.shape[0]
+        lengths = lengths.view(self.num_fields, b)
+        per_key = lengths.sum(1)
+        pooled: list[torch.Tensor] = []
+        start = 0
+        for i, bag in enumerate(self.bags):
+            n = int(per_key[i])
+            ids = table_rows(values[start:start + n], self.rows[i])
+            offsets = torch.cumsum(lengths[i], 0) - lengths[i]
+            pooled.append(bag(ids, offsets))
+            start += n
+        emb = torch.cat(pooled, dim=1)
+        x = torch.cat([emb, dense], dim=1) if self.dense_dim > 0 else emb
+        if self.routed is not None:
+            return self.routed(x, domain)
+        return self.tower(x, emb.view(b, self.num_fields, self.dim))
+
+
+def _adapter_weights(state: dict, extra: list[tuple[dict, dict]], domains: list[str]) -> dict:
+    """``{layer: {domain: (A, B, b)}}`` from the run's checkpoint and external adapters."""
+    out: dict = {}
+    for key, value in state.items():
+        if ".lora_A." in key:
+            layer, domain = key.split(".lora_A.")
+            out.setdefault(layer, {})[domain] = (value, state[f"{layer}.lora_B.{domain}"],
+                                                 state[f"{layer}.lora_bias.{domain}"])
+    for tensors, meta in extra:
+        for key in tensors:
+            if key.endswith(".lora_A"):
+                layer = key[: -len(".lora_A")]
+                out.setdefault(layer, {})[meta["domain"]] = (tensors[key], tensors[f"{layer}.lora_B"],
+                                                             tensors[f"{layer}.lora_bias"])
+    return out
+
+
+def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[Path] = ()) -> tuple[InferenceModel, dict]:
+    cfg, spec, layout = platform_run.load_run(run_dir, load_config)
+    state_file = ckpt.read_state(run_dir / "checkpoints")
+    if state_file is None or state_file.best_epoch < 0:
+        raise DataContractError("run has no finished checkpoint", file=run_dir)
+    state = _load_state_dict_from_keys(checkpoint_id=str(ckpt.epoch_dir(run_dir / "checkpoints", state_file.best_epoch)))["model"]
+    extra = []
+    for a in adapters:
+        tensors, meta = read_adapter(a)
+        check_backbone(meta, run_dir, a)
+        extra.append((tensors, meta))
+    domains = list(layout.domain_names) + [m["domain"] for _, m in extra if m["domain"] not in layout.domain_names]
+    lora = _adapter_weights(state, extra, domains)
+    tables = [state[f"ebc.embedding_bags.t_{k}.weight"].float() for k in layout.keys]
+    modes = ["mean" if layout.pooling[k].name == "MEAN" else "sum" for k in layout.keys]
+    tower = build_tower(cfg.model.tower, in_features=len(layout.keys) * cfg.model.embedding_dim + layout.dense_dim,
+                        num_fields=len(layout.keys), embedding_dim=cfg.model.embedding_dim, hidden=cfg.model.hidden,
+                        activation=cfg.model.activation, dropout=0.0, cross_layers=cfg.model.cross_layers,
+                        cross_rank=cfg.model.cross_rank)
+    tower.load_state_dict({k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.") and "lora_" not in k})
+    routed = None
+    if domain is not None:
+        if lora and not all(domain in by_domain for by_domain in lora.values()):
+            raise DataContractError(f"no adapter for domain '{domain}' (pass its directory with --adapter)", file=run_dir)
+        with torch.no_grad():
+            for i, layer in enumerate(tower.mlp.layers):
+                a, b, bias = lora.get(f"tower.mlp.layers.{i}", {}).get(domain, (None, None, None))
+                if a is not None:
+                    new_w, new_b = layer.weight + (a @ b).T, layer.bias + bias
+                    if not (torch.isfinite(new_w).all() and torch.isfinite(new_b).all()):
+                        raise ValueError(f"merging domain '{domain}' gives non-finite weights")
+                    layer.weight.copy_(new_w)
+                    layer.bias.copy_(new_b)
+    elif lora:
+        if cfg.model.tower != "mlp":
+            raise ValueError("all-domain export supports the mlp tower; export one --domain for other towers")
+        layers = []
+        for i, layer in enumerate(tower.mlp.layers):
+            by_domain = lora[f"tower.mlp.layers.{i}"]
+            r = max(t[0].shape[1] for t in by_domain.values())
+            a = torch.zeros(layer.in_features, len(domains) * r)
+            b = torch.zeros(len(domains) * r, layer.out_features)
+            bias_d = torch.zeros(len(domains), layer.out_features)
+            for j, d in enumerate(domains):
+                if d in by_domain:
+                    ad, bd, bb = by_domain[d]
+                    a[:, j * r: j * r + ad.shape[1]] = ad
+                    b[j * r: j * r + bd.shape[0]] = bd
+                    bias_d[j] = bb
+            layers.append(RoutedLinear(layer.weight.detach(), layer.bias.detach(), a, b, bias_d, r))
+        routed = RoutedMLP(tower.mlp, layers)
+    model = InferenceModel(layout, tables, tower, routed, modes).eval()
+    meta = {"format": "mdctr-inference/1", "keys": layout.keys, "table_rows": [layout.rows[k] for k in layout.keys],
+            "dense": [f.name for f in spec.dense_fields], "domains": domains, "domain": domain,
+            "tower": cfg.model.tower, "inputs": "values, lengths (key-major jagged), dense, domain",
+            "run": json.loads((run_dir / "run.json").read_text())["run_id"],
+            "adapters": [str(a) for a in adapters]}
+    return model, meta
+
+
+def export(run_dir: str | Path, out: str | Path, *, domain: str | None = None, adapters: list[str | Path] = (),
+           overwrite: bool = False) -> dict:
+    """Script the run's model (merged for ``domain``, or routed over every domain) into ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+    model, meta = build_inference_model(run_dir, domain=domain, adapters=[Path(a) for a in adapters])
+    scripted = torch.jit.script(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        scripted.save(str(tmp / "model.pt"))
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
