@@ -48,13 +48,15 @@ def data_synth(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Generate seeded synthetic multi-domain data with a known ground truth."""
+    from mdctr.domains.config_io import parse_model
     from mdctr.domains.summary import summary_text
-    from mdctr.domains.synthetic import generate_synthetic, load_synthetic_config
+    from mdctr.domains.synthetic import SyntheticConfig, generate_synthetic, load_synthetic_config
 
     cfg = load_synthetic_config(config)
     updates = {k: v for k, v in (("seed", seed), ("rows", rows)) if v is not None}
-    if updates:
-        cfg = cfg.model_validate({**cfg.model_dump(), **updates})
+    if updates:  # a bad override is one line naming the flag, like a bad config
+        flags = " ".join(f"--{k}" for k in updates)
+        cfg = parse_model({**cfg.model_dump(), **updates}, SyntheticConfig, source=f"{config} with {flags}")
     spec = generate_synthetic(cfg, out, overwrite=overwrite)
     typer.echo(summary_text(spec))
     typer.echo(f"wrote {out}")

@@ -105,7 +105,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     ckpt.load(trainer.model, None, ckpt.epoch_dir(base / "checkpoints", state.best_epoch), partial=True)
     before = backbone_snapshot(trainer.model)
     others = {d: adapter_tensors(trainer.model, d) for d in names if d != domain and _has(trainer.model, d)}
-    fit = trainer.fit()
+    fit = trainer.fit(validate_start=True)
     if not same_tensors(before, backbone_snapshot(trainer.model)) or any(
             not same_tensors(t, adapter_tensors(trainer.model, d)) for d, t in others.items()):
         raise RuntimeError("fine-tuning changed the backbone or another domain's adapter")
@@ -122,7 +122,8 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
         "parameters": n_params,
         "parameter_share": round(n_params / backbone, 6),
         "train_seconds": round(time.perf_counter() - t0, 2),
-        "epochs": len(fit.history),
+        "epochs": len(fit.history) - 1,
+        "best_epoch": fit.best_epoch,
         "data_dir": str(data_dir),
         "metrics": metrics,
     }

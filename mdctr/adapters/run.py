@@ -118,7 +118,8 @@ def _mlora_worker(rank: int, world_size: int, cfg: MLoRATrainConfig, data_dir: P
                           trainable=is_adapter_param)
         ckpt.load(trainer.model, None, ckpt.epoch_dir(ck / "pretrain", pre_state.best_epoch), partial=True)
         before = backbone_snapshot(trainer.model)
-        history["adapters"] = trainer.fit(resume=resume and ckpt.read_state(ck) is not None).history
+        history["adapters"] = trainer.fit(resume=resume and ckpt.read_state(ck) is not None,
+                                          validate_start=True).history
         unchanged = same_tensors(before, backbone_snapshot(trainer.model))
         info["backbone_unchanged"] = unchanged
         if not unchanged:

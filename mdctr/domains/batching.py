@@ -87,6 +87,10 @@ class _Chunk:
         return _Chunk(self.ids[rows], mh, self.dense[rows], self.labels[rows], self.domain[rows],
                       self.example_id[rows])
 
+    def copy(self) -> "_Chunk":
+        return _Chunk(self.ids.copy(), [(off.copy(), val.copy()) for off, val in self.mh], self.dense.copy(),
+                      self.labels.copy(), self.domain.copy(), self.example_id.copy())
+
     def slice(self, lo: int, hi: int) -> "_Chunk":
         mh = [(off[lo:hi + 1] - off[lo], val[off[lo]:off[hi]]) for off, val in self.mh]
         return _Chunk(self.ids[lo:hi], mh, self.dense[lo:hi], self.labels[lo:hi], self.domain[lo:hi],
@@ -230,7 +234,11 @@ class DatasetReader:
             rows += self._row_groups[k][2]
             if rows >= self.chunk_rows or i == len(order) - 1:
                 chunk = _Chunk.concat(parts)
-                yield chunk.take(rng.permutation(len(chunk))) if rng is not None else chunk
+                if rng is not None:
+                    chunk = chunk.take(rng.permutation(len(chunk)))
+                elif len(parts) == 1 and self._cacheable:
+                    chunk = chunk.copy()  # batches share memory with it: keep the cache out of reach
+                yield chunk
                 parts, rows = [], 0
 
     # -- batches -----------------------------------------------------------------------------

@@ -148,45 +148,59 @@ class Trainer:
         return compute_metrics(logits, labels, domain, self.reader.spec.domain_names, split=split)
 
     # -- loop ----------------------------------------------------------------------------
-    def fit(self, *, resume: bool = False) -> ckpt.TrainState:
-        """Train with early stopping; leaves the best epoch's weights loaded."""
+    def fit(self, *, resume: bool = False, validate_start: bool = False) -> ckpt.TrainState:
+        """Train with early stopping; leaves the best epoch's weights loaded.
+
+        ``validate_start``: the untrained starting point is validated and checkpointed as
+        epoch 0 and competes with the trained epochs (1..epochs), so fine-tuning never ends
+        worse on validation than where it started.
+        """
         state = ckpt.read_state(self.ckpt_dir) if resume else None
         if state is not None and state.last_epoch >= 0:
             self.dense_opt.init_state()  # optimizer state is lazy: create it so DCP loads into it
             ckpt.load(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, state.last_epoch))
             log.info("resumed from epoch %d (best %d, WAUC %.5f)", state.last_epoch, state.best_epoch,
                      state.best_wauc)
-        state = state or ckpt.TrainState()
-        epochs = self.cfg.train.epochs
-        for epoch in range(state.next_epoch, epochs):
+        if state is None or state.last_epoch < 0:
+            state = ckpt.TrainState()
+            if validate_start:
+                self._end_epoch(state, 0, None, time.perf_counter())
+        first = 1 if state.history and state.history[0]["train_loss"] is None else 0
+        end = self.cfg.train.epochs + first
+        for epoch in range(state.next_epoch, end):
             if state.stopped:
                 break
             t0 = time.perf_counter()
             train_loss = self.train_epoch(epoch)
-            valid = self.evaluate("valid")
-            wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
-            improved = wauc > state.best_wauc
-            ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
-            state.last_epoch = epoch
-            if improved:
-                state.best_epoch, state.best_wauc, state.bad_epochs = epoch, wauc, 0
-            else:
-                state.bad_epochs += 1
-            state.stopped = state.bad_epochs >= self.cfg.train.patience or epoch == epochs - 1
-            state.history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "valid_auc": valid["auc"],
-                                  "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
-                                  "seconds": round(time.perf_counter() - t0, 2)})
-            if self.rank == 0:
-                ckpt.write_state(self.ckpt_dir, state)
-                ckpt.prune(self.ckpt_dir, state)
-                log.info("epoch %d  train_loss %.5f  valid auc %s wauc %s logloss %s  (%.1fs)%s", epoch,
-                         train_loss, valid["auc"], valid["wauc"], valid["logloss"], state.history[-1]["seconds"],
-                         "  *best" if improved else "")
-            ckpt.barrier()
+            self._end_epoch(state, epoch, train_loss, t0, last=epoch == end - 1)
         if state.best_epoch < 0:
             raise RuntimeError(f"{self.ckpt_dir}: no epoch finished, nothing to evaluate")
         ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch))
         return state
+
+    def _end_epoch(self, state: ckpt.TrainState, epoch: int, train_loss: float | None, t0: float, *,
+                   last: bool = False) -> None:
+        """Validate, checkpoint, update early stopping and log one epoch."""
+        valid = self.evaluate("valid")
+        wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
+        improved = wauc > state.best_wauc
+        ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
+        state.last_epoch = epoch
+        if improved:
+            state.best_epoch, state.best_wauc, state.bad_epochs = epoch, wauc, 0
+        else:
+            state.bad_epochs += 1
+        state.stopped = state.bad_epochs >= self.cfg.train.patience or last
+        state.history.append({"epoch": epoch, "train_loss": None if train_loss is None else round(train_loss, 6),
+                              "valid_auc": valid["auc"], "valid_wauc": valid["wauc"],
+                              "valid_logloss": valid["logloss"], "seconds": round(time.perf_counter() - t0, 2)})
+        if self.rank == 0:
+            ckpt.write_state(self.ckpt_dir, state)
+            ckpt.prune(self.ckpt_dir, state)
+            loss = "(start)" if train_loss is None else f"train_loss {train_loss:.5f}"
+            log.info("epoch %d  %s  valid auc %s wauc %s logloss %s  (%.1fs)%s", epoch, loss, valid["auc"],
+                     valid["wauc"], valid["logloss"], state.history[-1]["seconds"], "  *best" if improved else "")
+        ckpt.barrier()
 
 
 def _all_gather(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,140 @@
+"""Cost of MLoRA adapters, side by side in one run, on the 1M-id synthetic configuration.
+
+- training step time of MLoRA (joint: tables, backbone and adapters) with 8 and with 21
+  domains vs. the shared model, on the same mixed-domain batches of 4096;
+- inference latency of a merged single-domain model vs. the shared model (batch 4096);
+- adapter parameters per domain as a share of the backbone's.
+
+Last line: ``{"step_ratio_8", "step_ratio_21", "merged_latency_ratio", "adapter_param_share"}``.
+
+Usage: python benchmarks/adapter_overhead.py [--rows 200000] [--steps 30] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import BATCH, DIM, HIDDEN, synth_config  # noqa: E402
+
+from mdctr.adapters.model import adapter_layers, attach_adapters, backbone_parameter_count, parameter_share  # noqa: E402
+from mdctr.domains.batching import DatasetReader  # noqa: E402
+from mdctr.domains.spec import load_spec  # noqa: E402
+from mdctr.domains.synthetic import SynthDomain, generate_synthetic  # noqa: E402
+from mdctr.platform.config import ModelConfig, TrainConfig, TrainLoopConfig  # noqa: E402
+from mdctr.platform.distributed import launch  # noqa: E402
+from mdctr.platform.model import CTRModel, feature_layout  # noqa: E402
+from mdctr.platform.trainer import Trainer  # noqa: E402
+
+ALPHA = 8
+
+
+def make_data(root: Path, n_domains: int, rows: int) -> Path:
+    cfg = synth_config(rows).model_copy(update={"domains": [SynthDomain(name=f"d{i}") for i in range(n_domains)],
+                                                "name": f"overhead-{n_domains}"})
+    out = root / f"d{n_domains}"
+    generate_synthetic(cfg, out, progress=False)
+    return out
+
+
+def trainer_for(data: Path, ck: Path, adapters: bool) -> Trainer:
+    cfg = TrainConfig(data=str(data), model=ModelConfig(embedding_dim=DIM, hidden=HIDDEN),
+                      train=TrainLoopConfig(batch_size=BATCH, grad_clip=None))
+    layout = feature_layout(load_spec(data), cfg.model, cfg.baseline)
+    reader = DatasetReader(data, table_sizes=layout.reader_table_sizes)
+    torch.manual_seed(0)
+    model = CTRModel(layout, cfg.model)
+    if adapters:
+        attach_adapters(model, layout.domain_names, alpha=ALPHA)
+    return Trainer(cfg, reader, layout, ck, model=model, progress=False)
+
+
+def step_time(trainer: Trainer, batches, steps: int) -> float:
+    trainer.model.train()
+
+    def step(b):
+        logits = trainer.model(b.sparse, b.dense, b.domain)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, b.labels)
+        trainer.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.dense_opt.step()
+
+    for b in batches[:2]:
+        step(b)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        step(batches[k % len(batches)])
+    return (time.perf_counter() - t0) / steps
+
+
+@torch.no_grad()
+def latency(trainer: Trainer, batch, reps: int) -> float:
+    trainer.model.eval()
+    for _ in range(3):
+        trainer.model(batch.sparse, batch.dense, batch.domain)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        trainer.model(batch.sparse, batch.dense, batch.domain)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    res: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = {n: make_data(root, n, args.rows) for n in (8, 21)}
+
+        def work(rank: int, world: int) -> None:
+            runs: dict[str, list[float]] = {}
+            for n in (8, 21):
+                shared = trainer_for(data[n], root / f"ck-s{n}", adapters=False)
+                mlora = trainer_for(data[n], root / f"ck-m{n}", adapters=True)
+                batches = list(shared.reader.batches("train", batch_size=BATCH, drop_last=True))[:20]
+                for _ in range(args.rounds):  # alternate so machine noise hits both alike
+                    runs.setdefault(f"shared_{n}", []).append(step_time(shared, batches, args.steps))
+                    runs.setdefault(f"mlora_{n}", []).append(step_time(mlora, batches, args.steps))
+                if n == 8:
+                    model = mlora.model
+                    backbone = backbone_parameter_count(CTRModel(mlora.layout, ModelConfig(embedding_dim=DIM, hidden=HIDDEN)))
+                    res["adapter_params"], res["adapter_param_share"] = parameter_share(model, "d0", backbone)
+                    res["backbone_params"] = backbone
+                    one = next(b for b in shared.reader.batches("test", batch_size=BATCH, domains=["d0"], shuffle=False))
+                    for layer in adapter_layers(model).values():
+                        layer.merge("d0")
+                    for _ in range(args.rounds):
+                        runs.setdefault("latency_shared", []).append(latency(shared, one, 30))
+                        runs.setdefault("latency_merged", []).append(latency(mlora, one, 30))
+            res["runs"] = runs
+
+        launch(work, 1)
+    med = {k: statistics.median(v) for k, v in res["runs"].items()}
+    for k, v in med.items():
+        print(f"{k:<16}{1000 * v:>9.2f} ms  (runs: {', '.join(f'{1000 * x:.2f}' for x in res['runs'][k])})")
+    print(f"adapter parameters per domain: {res['adapter_params']:,} of a {res['backbone_params']:,}-parameter backbone")
+    out = {
+        "step_ratio_8": round(med["mlora_8"] / med["shared_8"], 3),
+        "step_ratio_21": round(med["mlora_21"] / med["shared_21"], 3),
+        "merged_latency_ratio": round(med["latency_merged"] / med["latency_shared"], 3),
+        "adapter_param_share": round(res["adapter_param_share"], 5),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
