@@ -15,7 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-import torch
 import torch.distributed.checkpoint as dcp
 
 from mdctr.adapters.model import adapter_layers, is_adapter_param

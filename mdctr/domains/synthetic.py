@@ -199,7 +199,7 @@ class GroundTruth:
             row_of = np.repeat(np.arange(n), lengths)
             logit += s.tags * np.bincount(row_of, weights=self.T[tag_vals], minlength=n).astype(np.float32) / lengths
             columns["tags"] = list_array(offsets_from_lengths(lengths), tag_vals)
-        for f, (field, E, pop, ids) in enumerate(zip(cfg.extra_fields, self.E, self.extra_pop, self.extra_ids)):
+        for field, E, pop, ids in zip(cfg.extra_fields, self.E, self.extra_pop, self.extra_ids):
             rank = pop.draw(rng, n)
             logit += s.extra * E[rank]
             columns[field.name] = ids[rank]
