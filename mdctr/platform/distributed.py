@@ -81,6 +81,8 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) ->
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world_size)
     os.environ["LOCAL_RANK"] = str(rank)
     quiet_library_warnings()
+    if world_size > 1:  # ranks share the cores: oversubscribed OpenMP pools spin and crawl
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     _, backend = select_device(rank)
     with process_group(rank, world_size, backend):
         fn(rank, world_size, *args)
