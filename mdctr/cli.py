@@ -177,7 +177,7 @@ def adapters_export(
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app, turning bad input into one line and exit 2."""
-    from mdctr.platform.distributed import quiet_library_warnings
+    from mdctr.platform.quiet import quiet_library_warnings
 
     quiet_library_warnings()
     try:

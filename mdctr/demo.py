@@ -17,7 +17,7 @@ from pathlib import Path
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.summary import summary_text
 from mdctr.domains.validate import validate_dataset
-from mdctr.platform.distributed import quiet_library_warnings
+from mdctr.platform.quiet import quiet_library_warnings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,17 +1,23 @@
-"""Data in: the example contract, dataset readers and writers, splits and batching."""
+"""Data in: the example contract, dataset readers and writers, splits and batching.
 
-from mdctr.domains.batching import Batch, DatasetReader, prefetch
-from mdctr.domains.datasets import BUILTIN, prepare_builtin, resolve_data
-from mdctr.domains.errors import DataContractError
-from mdctr.domains.ids import table_rows
-from mdctr.domains.movielens import prepare_movielens
-from mdctr.domains.spec import DatasetSpec, DomainSpec, FieldKind, FieldSpec, Role, load_spec
-from mdctr.domains.synthetic import SyntheticConfig, generate_synthetic, load_synthetic_config
-from mdctr.domains.validate import validate_dataset
+Names are imported on first use, so ``import mdctr.domains`` (and the CLI's error paths)
+stay fast; the batching reader pulls in torch and torchrec only when asked for.
+"""
 
-__all__ = [
-    "BUILTIN", "Batch", "DataContractError", "DatasetReader", "DatasetSpec", "DomainSpec",
-    "FieldKind", "FieldSpec", "Role", "SyntheticConfig", "generate_synthetic", "load_spec",
-    "load_synthetic_config", "prefetch", "prepare_builtin", "prepare_movielens", "resolve_data",
-    "table_rows", "validate_dataset",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "Batch": "batching", "DatasetReader": "batching", "prefetch": "batching",
+    "BUILTIN": "datasets", "prepare_builtin": "datasets", "resolve_data": "datasets",
+    "DataContractError": "errors", "table_rows": "ids", "prepare_movielens": "movielens",
+    "DatasetSpec": "spec", "DomainSpec": "spec", "FieldKind": "spec", "FieldSpec": "spec", "Role": "spec",
+    "load_spec": "spec", "SyntheticConfig": "synthetic", "generate_synthetic": "synthetic",
+    "load_synthetic_config": "synthetic", "validate_dataset": "validate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"mdctr.domains.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mdctr.domains' has no attribute {name!r}")

@@ -31,6 +31,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from mdctr.platform.config import DenseOptim, EmbeddingOptim
+from mdctr.platform.quiet import quiet_library_warnings
 
 
 def select_device(local_rank: int = 0) -> tuple[torch.device, str]:
@@ -60,19 +61,6 @@ def process_group(rank: int, world_size: int, backend: str):
         yield
     finally:
         dist.destroy_process_group()
-
-
-def quiet_library_warnings() -> None:
-    """Silence deprecation chatter from torch/torchrec internals that users cannot act on."""
-    import logging
-    import warnings
-
-    for category in (FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"torch(rec)?\.")
-    warnings.filterwarnings("ignore", message=r".*(DistributedDataParallel|TypedStorage|non-writable).*")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\.checkpoint")
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-    logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:

@@ -337,3 +337,32 @@ def test_prepare_from_handmade_raw(tmp_path):
     assert spec.source.checksums == {"u.zip": "0" * 64}
     assert spec.time_range == (878887116, 891717742)
     assert spec.field("genres").max_len == 4
+
+
+# -- built-in dataset references -------------------------------------------------------------
+
+def test_resolve_builtin_ref(tmp_path, monkeypatch, ml_raw, ml_gender_spec):
+    from mdctr.domains.datasets import is_builtin_ref, prepare_builtin, resolve_data
+    from mdctr.domains.sources import cache_dir
+
+    real_raw = cache_dir() / "raw"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "raw").symlink_to(real_raw, target_is_directory=True)
+    monkeypatch.setenv("MDCTR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MDCTR_OFFLINE", "1")
+
+    assert is_builtin_ref("movielens-100k:ads") and not is_builtin_ref("some/dir") and not is_builtin_ref("x:y")
+    out = resolve_data("movielens-100k:gender")
+    assert out == tmp_path / "cache" / "datasets" / "movielens-100k-gender"
+    assert load_spec(out).fingerprint == ml_gender_spec.fingerprint
+    mtime = (out / "dataset.yaml").stat().st_mtime_ns
+    assert resolve_data("movielens-100k:gender") == out  # prepared once, then reused
+    assert (out / "dataset.yaml").stat().st_mtime_ns == mtime
+    assert resolve_data(str(out)) == out  # a directory resolves to itself
+    with pytest.raises(DataContractError, match="not a dataset"):
+        resolve_data(tmp_path / "cache")
+    with pytest.raises(ValueError, match="unknown dataset 'movielens-1m'"):
+        prepare_builtin("movielens-1m", "gender", tmp_path / "x")
+    with pytest.raises(ValueError, match="must be one of gender, age, occupation, ads"):
+        prepare_builtin("movielens-100k", "zip", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
