@@ -45,9 +45,19 @@ def _synthetic_ref(config_path: str) -> Path:
     cfg = load_synthetic_config(config_path)
     key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
     out = cache_dir() / "datasets" / f"synthetic-{cfg.name}-{key}"
-    if not (out / SPEC_FILE).exists():
-        generate_synthetic(cfg, out, overwrite=out.exists())
+    _prepare_once(out, lambda: generate_synthetic(cfg, out, overwrite=out.exists(), progress=False))
     return out
+
+
+def _prepare_once(out: Path, prepare: Callable[[], object]) -> None:
+    """Prepare a cache entry unless present; another process finishing it first is fine."""
+    if (out / SPEC_FILE).exists():
+        return
+    try:
+        prepare()
+    except OSError:
+        if not (out / SPEC_FILE).exists():
+            raise
 
 
 def resolve_data(ref: str | Path) -> Path:
@@ -58,8 +68,7 @@ def resolve_data(ref: str | Path) -> Path:
     if is_builtin_ref(ref_s):
         name, split = ref_s.split(":", 1)
         out = cache_dir() / "datasets" / f"{name}-{split}"
-        if not (out / SPEC_FILE).exists():
-            prepare_builtin(name, split, out, overwrite=out.exists())
+        _prepare_once(out, lambda: prepare_builtin(name, split, out, overwrite=out.exists()))
         return out
     path = Path(ref_s).expanduser()
     if not (path / SPEC_FILE).exists():
