@@ -17,8 +17,6 @@ routes each row by its domain with a masked low-rank product (no Python loop).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from
 from mdctr.adapters.files import check_backbone, read_adapter
 from mdctr.adapters.run import load_config
 from mdctr.domains.errors import DataContractError
+from mdctr.domains.writer import atomic_dir, check_output
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform import run as platform_run
 from mdctr.platform.model import FeatureLayout
@@ -200,19 +199,10 @@ def export(run_dir: str | Path, out: str | Path, *, domain: str | None = None, a
            overwrite: bool = False) -> dict:
     """Script the run's model (merged for ``domain``, or routed over every domain) into ``out``."""
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+    check_output(out, overwrite=overwrite)
     model, meta = build_inference_model(run_dir, domain=domain, adapters=[Path(a) for a in adapters])
     scripted = torch.jit.script(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         scripted.save(str(tmp / "model.pt"))
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta

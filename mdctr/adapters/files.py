@@ -15,15 +15,13 @@ a ``dataset_id`` mismatch).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from mdctr.domains.errors import DataContractError
+from mdctr.domains.writer import atomic_dir
 
 FORMAT = "mdctr-adapter/1"
 WEIGHTS, META = "adapter.safetensors", "adapter.json"
@@ -39,20 +37,9 @@ def backbone_identity(run_dir: str | Path) -> dict[str, str]:
 
 def save_adapter(out: str | Path, tensors: dict[str, torch.Tensor], meta: dict, *, overwrite: bool = False) -> None:
     """Write both files into ``out`` atomically (temp dir, then rename)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"domain": meta["domain"], "format": FORMAT})
         (tmp / META).write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

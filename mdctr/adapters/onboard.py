@@ -28,6 +28,7 @@ from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config,
 from mdctr.domains.batching import DatasetReader
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.errors import DataContractError
+from mdctr.domains.writer import check_output
 from mdctr.domains.spec import load_spec
 from mdctr.domains.validate import validate_dataset
 from mdctr.platform import checkpoint as ckpt
@@ -152,8 +153,7 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     platform_run.check_compatible(train_spec, data_spec, data_dir)
     if ckpt.read_state(base / "checkpoints") is None:
         raise DataContractError("run has no finished checkpoint", file=base)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+    check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ckpt-", dir=out.parent))
     try:

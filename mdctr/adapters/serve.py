@@ -9,8 +9,6 @@ domain's test rows, and it refuses non-finite merged weights.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +21,7 @@ from mdctr.adapters.files import read_adapter
 from mdctr.adapters.run import MLoRATrainConfig, load_config
 from mdctr.domains.batching import DatasetReader
 from mdctr.domains.errors import DataContractError
+from mdctr.domains.writer import atomic_dir
 from mdctr.domains.spec import load_spec, save_spec
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform import run as platform_run
@@ -106,30 +105,21 @@ def merge(run_dir: str | Path, domain: str, out: str | Path, *, adapters: list[s
         from mdctr.domains.datasets import resolve_data
 
         data_dir = resolve_data(data)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         launch(_merge_worker, 1, run_dir, domain, extra, data_dir, tmp)
         raw = cfg.model_dump(mode="json")
         raw.pop("adapters", None)
         raw["train"]["domains"] = None
-        save_train_config(TrainConfig.model_validate(raw), tmp / "config.yaml")
+        plain = TrainConfig.model_validate(raw)
+        save_train_config(plain, tmp / "config.yaml")
         save_spec(spec, tmp)
         base = json.loads((run_dir / "run.json").read_text())
         check = json.loads((tmp / "merge.json").read_text())
         write_json({"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
-                    "config_fingerprint": TrainConfig.model_validate(raw).fingerprint(),
-                    "data_dir": base["data_dir"], "data_fingerprint": base.get("data_fingerprint"),
-                    "started": time.time(), "merged_from": {"run_id": base["run_id"], "domain": domain,
-                                                            "adapters": [str(a) for a in extra], **check}},
+                    "config_fingerprint": plain.fingerprint(), "data_dir": base["data_dir"],
+                    "data_fingerprint": base.get("data_fingerprint"), "started": time.time(),
+                    "merged_from": {"run_id": base["run_id"], "domain": domain,
+                                    "adapters": [str(a) for a in extra], **check}},
                    tmp / "run.json")
         ckpt.write_state(tmp / "checkpoints", ckpt.TrainState(last_epoch=0, best_epoch=0, stopped=True))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return json.loads((out / "run.json").read_text())["merged_from"]

@@ -22,6 +22,12 @@ from mdctr.domains.validate import DatasetChecker
 ROW_GROUP_ROWS = 256 * 1024
 
 
+def check_output(out: Path, *, overwrite: bool = False) -> None:
+    """Refuse to write into an existing non-empty ``out`` unless ``overwrite``."""
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+
+
 @contextmanager
 def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it is renamed to ``out``.
@@ -30,8 +36,7 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     With ``overwrite``, an existing ``out`` is replaced (swap by rename, then delete).
     """
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+    check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
