@@ -34,7 +34,6 @@ from mdctr.platform.distributed import launch  # noqa: E402
 from mdctr.platform.model import CTRModel, feature_layout  # noqa: E402
 from mdctr.platform.trainer import Trainer  # noqa: E402
 
-ALPHA = 8
 
 
 def make_data(root: Path, n_domains: int, rows: int) -> Path:
@@ -45,7 +44,7 @@ def make_data(root: Path, n_domains: int, rows: int) -> Path:
     return out
 
 
-def trainer_for(data: Path, ck: Path, adapters: bool) -> Trainer:
+def trainer_for(data: Path, ck: Path, adapters: bool, alpha: int = 8) -> Trainer:
     cfg = TrainConfig(data=str(data), model=ModelConfig(embedding_dim=DIM, hidden=HIDDEN),
                       train=TrainLoopConfig(batch_size=BATCH, grad_clip=None))
     layout = feature_layout(load_spec(data), cfg.model, cfg.baseline)
@@ -53,7 +52,7 @@ def trainer_for(data: Path, ck: Path, adapters: bool) -> Trainer:
     torch.manual_seed(0)
     model = CTRModel(layout, cfg.model)
     if adapters:
-        attach_adapters(model, layout.domain_names, alpha=ALPHA)
+        attach_adapters(model, layout.domain_names, alpha=alpha)
     return Trainer(cfg, reader, layout, ck, model=model, progress=False)
 
 
@@ -93,6 +92,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--alpha", type=int, default=8, help="rank = max(d_out // alpha, 1), as in the configs")
     args = p.parse_args()
     res: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,8 +103,10 @@ def main() -> int:
             runs: dict[str, list[float]] = {}
             for n in (8, 21):
                 shared = trainer_for(data[n], root / f"ck-s{n}", adapters=False)
-                mlora = trainer_for(data[n], root / f"ck-m{n}", adapters=True)
-                batches = list(shared.reader.batches("train", batch_size=BATCH, drop_last=True))[:20]
+                mlora = trainer_for(data[n], root / f"ck-m{n}", adapters=True, alpha=args.alpha)
+                # MLoRA runs train on batches grouped by domain (Trainer(group_domains=True)); both use them
+                batches = list(shared.reader.batches("train", batch_size=BATCH, drop_last=True,
+                                                     group_domains=True))[:20]
                 for _ in range(args.rounds):  # alternate so machine noise hits both alike
                     runs.setdefault(f"shared_{n}", []).append(step_time(shared, batches, args.steps))
                     runs.setdefault(f"mlora_{n}", []).append(step_time(mlora, batches, args.steps))
@@ -132,6 +134,7 @@ def main() -> int:
         "merged_latency_ratio": round(med["latency_merged"] / med["latency_shared"], 3),
         "adapter_param_share": round(res["adapter_param_share"], 5),
     }
+    out["alpha"] = args.alpha
     print(json.dumps(out))
     return 0
 

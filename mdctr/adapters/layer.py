@@ -10,8 +10,10 @@ name in ``ParameterDict`` s (as PEFT keeps ``lora_A``/``lora_B`` by adapter name
 
 Routing: before a forward, :class:`Routing` is set on the layer's shared
 :class:`RoutingContext` with the batch's domain index; a batch of one domain takes a fast
-path, a mixed batch is grouped by domain (one sort per forward, shared by every layer; a
-loop over the domains present, never over examples).
+path, a batch whose rows are already grouped by domain (training batches:
+``group_domains``) is cut into contiguous slices, and any other mixed batch is grouped by
+one sort per forward, shared by every layer. The loop runs over the domains present,
+never over examples.
 
 >>> import torch
 >>> ctx = RoutingContext(["F", "M"])
@@ -35,7 +37,7 @@ class Routing:
     """How one batch maps to adapters: either one domain, or a grouping by domain."""
 
     single: int | None  # the one domain index of the batch, if so
-    order: torch.Tensor | None = None  # permutation grouping rows by domain
+    order: torch.Tensor | None = None  # permutation grouping rows by domain (None: already grouped)
     inverse: torch.Tensor | None = None  # its inverse
     counts: list[int] | None = None  # rows per domain index, in index order
 
@@ -60,10 +62,13 @@ class RoutingContext:
         if lo == hi:
             self.routing = Routing(single=lo)
             return
+        counts = torch.bincount(domain, minlength=len(self.domain_names)).tolist()
+        if bool((domain[1:] >= domain[:-1]).all()):  # already grouped: contiguous slices, no gathers
+            self.routing = Routing(single=None, counts=counts)
+            return
         order = torch.argsort(domain, stable=True)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        counts = torch.bincount(domain, minlength=len(self.domain_names)).tolist()
         self.routing = Routing(single=None, order=order, inverse=inverse, counts=counts)
 
 
@@ -114,7 +119,7 @@ class MLoRALinear(nn.Linear):
         self.ranks[domain] = r
 
     def delta(self, domain: str, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.lora_A[domain]) @ self.lora_B[domain] + self.lora_bias[domain]
+        return torch.addmm(self.lora_bias[domain], x @ self.lora_A[domain], self.lora_B[domain])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = nn.functional.linear(x, self.weight, self.bias)
@@ -129,15 +134,16 @@ class MLoRALinear(nn.Linear):
         if routing.single is not None:
             name = names[routing.single]
             return base + self.delta(name, x) if name in self.lora_A else base
-        xs = x.index_select(0, routing.order)
+        xs = x if routing.order is None else x.index_select(0, routing.order)
         parts = []
         for idx, part in enumerate(torch.split(xs, routing.counts)):
+            if not part.shape[0]:
+                continue
             name = names[idx]
-            if part.shape[0] and name in self.lora_A:
-                parts.append(self.delta(name, part))
-            else:
-                parts.append(part.new_zeros(part.shape[0], self.out_features))
-        return base + torch.cat(parts).index_select(0, routing.inverse)
+            parts.append(self.delta(name, part) if name in self.lora_A
+                         else part.new_zeros(part.shape[0], self.out_features))
+        delta = torch.cat(parts)
+        return base + (delta if routing.inverse is None else delta.index_select(0, routing.inverse))
 
     # -- serving -------------------------------------------------------------------------
     @torch.no_grad()

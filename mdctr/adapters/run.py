@@ -105,7 +105,8 @@ def _mlora_worker(rank: int, world_size: int, cfg: MLoRATrainConfig, data_dir: P
 
     ck = run_dir / "checkpoints"
     if cfg.adapters.mode == "joint":
-        trainer = Trainer(cfg, reader, layout, ck, rank=rank, world_size=world_size, device=device, model=model)
+        trainer = Trainer(cfg, reader, layout, ck, rank=rank, world_size=world_size, device=device, model=model,
+                          group_domains=True)
         history["joint"] = trainer.fit(resume=resume).history
     else:
         pre_cfg = _pretrain_config(cfg)
@@ -115,7 +116,7 @@ def _mlora_worker(rank: int, world_size: int, cfg: MLoRATrainConfig, data_dir: P
         del pre
         freeze_backbone(model)
         trainer = Trainer(cfg, reader, layout, ck, rank=rank, world_size=world_size, device=device, model=model,
-                          trainable=is_adapter_param)
+                          trainable=is_adapter_param, group_domains=True)
         ckpt.load(trainer.model, None, ckpt.epoch_dir(ck / "pretrain", pre_state.best_epoch), partial=True)
         before = backbone_snapshot(trainer.model)
         history["adapters"] = trainer.fit(resume=resume and ckpt.read_state(ck) is not None,

@@ -257,8 +257,13 @@ class DatasetReader:
         split_seed: int | None = None,
         domains: Iterable[str] | None = None,
         ts_range: tuple[int | None, int | None] | None = None,
+        group_domains: bool = False,
     ) -> Iterator[Batch]:
-        """Yield this rank's batches of ``split`` (``None``: every row)."""
+        """Yield this rank's batches of ``split`` (``None``: every row).
+
+        ``group_domains``: order each batch's rows by domain (stable), so per-domain work
+        downstream (adapters) can use contiguous slices.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -281,11 +286,13 @@ class DatasetReader:
                 chunk = _Chunk.concat([carry, chunk])
             full = len(chunk) // g * g
             for lo in range(0, full, g):
-                yield self._to_batch(chunk.slice(lo + rank * batch_size, lo + (rank + 1) * batch_size))
+                part = chunk.slice(lo + rank * batch_size, lo + (rank + 1) * batch_size)
+                yield self._to_batch(part.take(np.argsort(part.domain, kind="stable")) if group_domains else part)
             carry = chunk.slice(full, len(chunk))
         if carry is not None and len(carry) and not drop_last:
             bounds = np.linspace(0, len(carry), world_size + 1).astype(np.int64)
-            yield self._to_batch(carry.slice(int(bounds[rank]), int(bounds[rank + 1])))
+            part = carry.slice(int(bounds[rank]), int(bounds[rank + 1]))
+            yield self._to_batch(part.take(np.argsort(part.domain, kind="stable")) if group_domains else part)
 
     def _to_batch(self, c: _Chunk) -> Batch:
         b = len(c)

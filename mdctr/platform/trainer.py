@@ -51,18 +51,20 @@ class Trainer:
         trainable: which dense parameter names the optimizer updates (default: all).
         domain_map: the model's domain index for each of the reader's (when the reader's
             dataset orders or names domains differently from the model's).
+        group_domains: order each training batch's rows by domain (for per-domain modules).
     """
 
     def __init__(self, cfg: TrainConfig, reader: DatasetReader, layout: FeatureLayout, ckpt_dir: Path, *,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  domains: list[str] | None = None, model: torch.nn.Module | None = None,
                  trainable: Callable[[str], bool] | None = None, loss_fn: LossFn = bce_loss,
-                 domain_map: torch.Tensor | None = None, progress: bool = True):
+                 domain_map: torch.Tensor | None = None, group_domains: bool = False, progress: bool = True):
         self.cfg, self.reader, self.layout = cfg, reader, layout
         self.ckpt_dir = Path(ckpt_dir)
         self.rank, self.world_size, self.device = rank, world_size, device
         self.domains = domains if domains is not None else cfg.train.domains
         self.domain_map = domain_map
+        self.group_domains = group_domains
         self.loss_fn = loss_fn
         self.progress = progress and rank == 0
         self.batch_size = max(1, cfg.train.batch_size // world_size)
@@ -83,7 +85,7 @@ class Trainer:
         it = self.reader.batches(
             split, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
             seed=self.cfg.train.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-            drop_last=train and self.world_size > 1, **self._split_kw)
+            drop_last=train and self.world_size > 1, group_domains=train and self.group_domains, **self._split_kw)
         return prefetch(it, self.cfg.train.prefetch)
 
     def _num_batches(self, split: str, batch_size: int) -> int:
