@@ -39,6 +39,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domain", default="d5")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None, help="adapter learning rate (default: the config's dense lr)")
     args = p.parse_args()
     data = f"synthetic:{REPO / 'configs/synthetic.yaml'}"
     names = load_spec(resolve_data(data)).domain_names
@@ -49,7 +50,7 @@ def main() -> int:
         train(config(data, args.seed, [d for d in names if d != args.domain]), Path(tmp) / "base")
         pretrain_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        meta = finetune(Path(tmp) / "base", args.domain, data, Path(tmp) / "adapter", seed=args.seed)
+        meta = finetune(Path(tmp) / "base", args.domain, data, Path(tmp) / "adapter", seed=args.seed, lr=args.lr)
         finetune_s = time.perf_counter() - t0
         joint = train(config(data, args.seed, None), Path(tmp) / "joint")
     ft_auc = meta["metrics"]["domains"][args.domain]["auc"]
