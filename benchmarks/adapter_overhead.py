@@ -50,7 +50,7 @@ def trainer_for(data: Path, ck: Path, adapters: bool, alpha: int = 8) -> Trainer
     layout = feature_layout(load_spec(data), cfg.model, cfg.baseline)
     reader = DatasetReader(data, table_sizes=layout.reader_table_sizes)
     torch.manual_seed(0)
-    model = CTRModel(layout, cfg.model)
+    model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
     if adapters:
         attach_adapters(model, layout.domain_names, alpha=alpha)
     return Trainer(cfg, reader, layout, ck, model=model, progress=False)

@@ -50,7 +50,7 @@ def run_model(run_dir: Path, extra: list[Path] = (), *, new_domain: str | None =
     """
     cfg, _, layout = platform_run.load_run(run_dir, load_config)
     names = list(layout.domain_names)
-    model = CTRModel(layout, cfg.model)
+    model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
     own = (cfg.train.domains or names) if isinstance(cfg, MLoRATrainConfig) else []
     a = alpha or (cfg.adapters.alpha if isinstance(cfg, MLoRATrainConfig) else 8)
     r = rank or (cfg.adapters.rank if isinstance(cfg, MLoRATrainConfig) else None)

@@ -6,6 +6,8 @@ the meta device and materialised by ``DistributedModelParallel`` (:mod:`.distrib
 
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +52,38 @@ def feature_layout(spec: DatasetSpec, cfg: ModelConfig, baseline: Baseline) -> F
     return FeatureLayout(keys, rows, pooling, len(spec.dense_fields), spec.domain_names)
 
 
-def table_configs(layout: FeatureLayout, embedding_dim: int) -> list[EmbeddingBagConfig]:
+class SeededUniformInit:
+    """Table init that does not depend on where the table lands: U(-1/sqrt(rows), 1/sqrt(rows))
+    drawn from a generator seeded by (seed, table name), each shard taking its own slice. So
+    world size 1 and 2 (and any sharding plan) start from the same weights."""
+
+    def __init__(self, seed: int, name: str, rows: int, dim: int):
+        self.seed = zlib.crc32(f"{seed}:{name}".encode())
+        self.rows, self.dim = rows, dim
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        bound = 1.0 / math.sqrt(self.rows)
+        full = torch.empty(self.rows, self.dim).uniform_(-bound, bound,
+                                                         generator=torch.Generator().manual_seed(self.seed))
+        with torch.no_grad():
+            if hasattr(weight, "local_shards"):  # ShardedTensor: fill this rank's shards
+                for shard in weight.local_shards():
+                    (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    shard.tensor.copy_(full[r0:r0 + nr, c0:c0 + nc])
+            elif tuple(weight.shape) == (self.rows, self.dim):
+                weight.copy_(full.to(weight.device, weight.dtype))
+            elif weight.numel():  # a shard without offsets: seeded, but not placement-independent
+                local = torch.empty(tuple(weight.shape)).uniform_(-bound, bound,
+                                                                  generator=torch.Generator().manual_seed(self.seed))
+                weight.copy_(local.to(weight.device, weight.dtype))
+        return weight
+
+
+def table_configs(layout: FeatureLayout, embedding_dim: int, seed: int = 0) -> list[EmbeddingBagConfig]:
     return [
         EmbeddingBagConfig(name=f"t_{k}", embedding_dim=embedding_dim, num_embeddings=layout.rows[k],
-                           feature_names=[k], pooling=layout.pooling[k])
+                           feature_names=[k], pooling=layout.pooling[k],
+                           init_fn=SeededUniformInit(seed, f"t_{k}", layout.rows[k], embedding_dim))
         for k in layout.keys
     ]
 
@@ -65,12 +95,13 @@ class CTRModel(nn.Module):
         layout: tables and dense width (:func:`feature_layout`).
         cfg: model section of the config.
         device: where the tables live before sharding (``meta``: DMP materialises them).
+        seed: seeds the tables' initialisation (:class:`SeededUniformInit`).
 
     ``forward(sparse, dense, domain)``: ``sparse`` a KeyedJaggedTensor with the reader's keys
     (stride B), ``dense`` float (B, dense_dim), ``domain`` int64 (B,) -> logits (B,).
     """
 
-    def __init__(self, layout: FeatureLayout, cfg: ModelConfig, device: torch.device | str = "meta"):
+    def __init__(self, layout: FeatureLayout, cfg: ModelConfig, device: torch.device | str = "meta", seed: int = 0):
         super().__init__()
         self.layout = layout
         self.use_domain_feature = DOMAIN_KEY in layout.keys
@@ -79,7 +110,8 @@ class CTRModel(nn.Module):
         #: look the tables up without autograd: they get no gradient and never move, and the
         #: lookup's backward is skipped (fine-tuning only the dense side)
         self.embeddings_frozen = False
-        self.ebc = EmbeddingBagCollection(tables=table_configs(layout, cfg.embedding_dim), device=torch.device(device))
+        self.ebc = EmbeddingBagCollection(tables=table_configs(layout, cfg.embedding_dim, seed),
+                                          device=torch.device(device))
         in_features = self.num_fields * cfg.embedding_dim + layout.dense_dim
         self.tower = build_tower(cfg.tower, in_features=in_features, num_fields=self.num_fields,
                                  embedding_dim=cfg.embedding_dim, hidden=cfg.hidden, activation=cfg.activation,

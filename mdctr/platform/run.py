@@ -169,7 +169,7 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = F
 
 def default_builder(cfg: TrainConfig, layout: FeatureLayout) -> torch.nn.Module:
     """The unsharded model of a run (``CTRModel``); other packages pass their own builder."""
-    return CTRModel(layout, cfg.model)
+    return CTRModel(layout, cfg.model, seed=cfg.train.seed)
 
 
 def load_run(run_dir: str | Path, loader: Callable[[Path], TrainConfig] = load_train_config,

@@ -70,7 +70,7 @@ class Trainer:
         self.batch_size = max(1, cfg.train.batch_size // world_size)
         self.eval_batch_size = max(1, cfg.train.eval_batch_size // world_size)
         torch.manual_seed(cfg.train.seed)
-        base = model if model is not None else CTRModel(layout, cfg.model)
+        base = model if model is not None else CTRModel(layout, cfg.model, seed=cfg.train.seed)
         self.model = shard(base, device=device, batch_size=self.batch_size, optim=cfg.optim.embedding)
         tables = table_param_names(self.model)
         keep = trainable or (lambda name: True)
