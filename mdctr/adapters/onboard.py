@@ -25,7 +25,6 @@ from mdctr.adapters.model import (
     layer_shapes, load_adapter_tensors,
 )
 from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config, same_tensors
-from mdctr.domains.batching import DatasetReader
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.errors import DataContractError
 from mdctr.domains.writer import check_output
@@ -97,7 +96,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
         if "lora_" in n and not n.endswith(f".{domain}"):
             p.requires_grad_(False)
     data_spec = load_spec(data_dir)
-    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    reader = layout.reader(data_dir)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, reader, layout, scratch, rank=rank, world_size=world, device=device, model=model,
                       domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
@@ -170,7 +169,7 @@ def _predict_worker(rank: int, world: int, run_dir: Path, extra: list[Path], dat
     device, _ = select_device(rank)
     cfg, layout, model, names = run_model(run_dir, extra)
     data_spec = load_spec(data_dir)
-    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    reader = layout.reader(data_dir)
     trainer = Trainer(cfg, reader, layout, run_dir / "checkpoints", rank=rank, world_size=world, device=device,
                       model=model, domains=domains, domain_map=domain_map_for(data_spec.domain_names, names),
                       progress=False)

@@ -22,7 +22,6 @@ from mdctr.adapters.model import (
     AdapterConfig, attach_adapters, backbone_parameter_count, freeze_backbone, is_adapter_param,
     parameter_share,
 )
-from mdctr.domains.batching import DatasetReader
 from mdctr.domains.config_io import load_model, read_yaml
 from mdctr.domains.spec import load_spec
 from mdctr.platform import checkpoint as ckpt
@@ -90,7 +89,7 @@ def _mlora_worker(rank: int, world_size: int, cfg: MLoRATrainConfig, data_dir: P
     device, _ = select_device(rank)
     spec = load_spec(data_dir)
     layout = feature_layout(spec, cfg.model, cfg.baseline)
-    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    reader = layout.reader(data_dir)
     history: dict[str, list] = {}
     info: dict = {"adapters": cfg.adapters.model_dump()}
 

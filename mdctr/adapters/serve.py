@@ -19,7 +19,6 @@ from mdctr.adapters.model import adapter_layers, is_adapter_param
 from mdctr.adapters.onboard import apply_extra, domain_map_for, run_model
 from mdctr.adapters.files import read_adapter
 from mdctr.adapters.run import MLoRATrainConfig, load_config
-from mdctr.domains.batching import DatasetReader
 from mdctr.domains.errors import DataContractError
 from mdctr.domains.writer import atomic_dir
 from mdctr.domains.spec import load_spec, save_spec
@@ -61,7 +60,7 @@ def _merge_worker(rank: int, world: int, run_dir: Path, domain: str, extra: list
     if not layers or any(domain not in m.lora_A for m in layers.values()):
         raise DataContractError(f"no adapter for domain '{domain}' (pass its directory with --adapter)", file=run_dir)
     data_spec = load_spec(data_dir)
-    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    reader = layout.reader(data_dir)
     trainer = Trainer(cfg, reader, layout, run_dir / "checkpoints", rank=rank, world_size=world, device=device,
                       model=model, domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
                       progress=False)

@@ -20,6 +20,7 @@ Shapes (B = rows in the batch, F = sparse + multi-hot fields, D = dense fields):
     Batch.labels      float32 (B,)
     Batch.domain      int64   (B,)   index into dataset.yaml's domain list
     Batch.example_id  int64   (B,)
+    Batch.raw         {field: int64 (B,)}  raw ids of the reader's ``raw_fields`` (else empty)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ class Batch:
     labels: torch.Tensor
     domain: torch.Tensor
     example_id: torch.Tensor
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -62,6 +64,7 @@ class Batch:
             labels=self.labels.to(device, non_blocking=non_blocking),
             domain=self.domain.to(device, non_blocking=non_blocking),
             example_id=self.example_id.to(device, non_blocking=non_blocking),
+            raw={k: v.to(device, non_blocking=non_blocking) for k, v in self.raw.items()},
         )
 
 
@@ -69,7 +72,7 @@ class Batch:
 class _Chunk:
     """A chunk's selected rows as numpy arrays, in output order."""
 
-    ids: np.ndarray  # (n, S) int64, table rows of the single-valued fields
+    ids: np.ndarray  # (n, S + R) int64, table rows of the single-valued fields, then R raw ids
     mh: list[tuple[np.ndarray, np.ndarray]]  # per multi-hot field: offsets (n+1), values
     dense: np.ndarray  # (n, D) float32
     labels: np.ndarray  # (n,) float32
@@ -122,6 +125,9 @@ class DatasetReader:
         cache_rows: datasets with at most this many rows keep their decoded row groups in
             memory, so later epochs skip Parquet decoding and id mapping.
         background: read and decode the next chunk on a background thread.
+        fields: the sparse and multi-hot fields batches carry (default: all of them).
+        raw_fields: single-valued fields whose raw ids batches also carry in ``Batch.raw``
+            (for lookups keyed by id, such as embedding snapshots).
 
     Example::
 
@@ -131,14 +137,27 @@ class DatasetReader:
     """
 
     def __init__(self, directory: str | Path, *, table_sizes: dict[str, int] | None = None,
-                 chunk_rows: int = 1 << 20, cache_rows: int = 4 << 20, background: bool = True):
+                 chunk_rows: int = 1 << 20, cache_rows: int = 4 << 20, background: bool = True,
+                 fields: list[str] | None = None, raw_fields: list[str] | None = None):
         self.directory = Path(directory)
         self.spec: DatasetSpec = load_spec(self.directory)
         self.chunk_rows = chunk_rows
         self.background = background
         self._cache: dict[tuple, _Chunk] = {}
-        self.sparse_names = [f.name for f in self.spec.sparse_fields]
-        self.mh_names = [f.name for f in self.spec.multi_hot_fields]
+        names = [f.name for f in self.spec.sparse_fields + self.spec.multi_hot_fields]
+        for what, wanted in (("fields", fields), ("raw_fields", raw_fields)):
+            missing = [f for f in wanted or [] if f not in names]
+            if missing:
+                raise DataContractError(f"{what} names '{missing[0]}', not a sparse or multi-hot field of the data",
+                                        file=self.directory / "dataset.yaml")
+        keep = set(fields) if fields is not None else set(names)
+        self.sparse_names = [f.name for f in self.spec.sparse_fields if f.name in keep]
+        self.mh_names = [f.name for f in self.spec.multi_hot_fields if f.name in keep]
+        self.raw_names = list(raw_fields or [])
+        bad = [f for f in self.raw_names if f not in {x.name for x in self.spec.sparse_fields}]
+        if bad:
+            raise DataContractError(f"raw_fields names '{bad[0]}', which is not single-valued",
+                                    file=self.directory / "dataset.yaml")
         self.dense_names = [f.name for f in self.spec.dense_fields]
         sizes = {f.name: f.cardinality for f in self.spec.fields if f.cardinality}
         unknown = set(table_sizes or {}) - set(sizes)
@@ -204,9 +223,12 @@ class DatasetReader:
         if not keep.all():
             t = t.filter(pa.array(keep))
         n = t.num_rows
-        ids = np.empty((n, len(self.sparse_names)), dtype=np.int64)
+        ns = len(self.sparse_names)
+        ids = np.empty((n, ns + len(self.raw_names)), dtype=np.int64)
         for j, name in enumerate(self.sparse_names):
             ids[:, j] = table_rows(t.column(name).to_numpy(), self.table_sizes[name])
+        for j, name in enumerate(self.raw_names):
+            ids[:, ns + j] = t.column(name).to_numpy()
         mh = []
         for name in self.mh_names:
             col = t.column(name).combine_chunks()
@@ -296,7 +318,8 @@ class DatasetReader:
 
     def _to_batch(self, c: _Chunk) -> Batch:
         b = len(c)
-        values = [c.ids.T.reshape(-1)]
+        ns = len(self.sparse_names)
+        values = [c.ids[:, :ns].T.reshape(-1)]
         lengths = [np.ones(b * len(self.sparse_names), dtype=np.int64)]
         for off, val in c.mh:
             values.append(val)
@@ -307,8 +330,9 @@ class DatasetReader:
             lengths=torch.from_numpy(np.concatenate(lengths)),
             stride=b,
         )
+        raw = {name: torch.from_numpy(np.ascontiguousarray(c.ids[:, ns + j])) for j, name in enumerate(self.raw_names)}
         return Batch(kjt, torch.from_numpy(c.dense), torch.from_numpy(c.labels), torch.from_numpy(c.domain),
-                     torch.from_numpy(c.example_id))
+                     torch.from_numpy(c.example_id), raw)
 
     def num_rows(self, split: SplitName | None = "train", *, split_kind: SplitKind = "random",
                  split_seed: int | None = None, domains: Iterable[str] | None = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -73,20 +74,26 @@ def save(model: nn.Module, optimizer, directory: Path) -> None:
     dcp.save(state, checkpoint_id=str(directory))
 
 
-def load(model: nn.Module, optimizer, directory: Path, *, partial: bool = False) -> None:
+def load(model: nn.Module, optimizer, directory: Path, *, partial: bool = False,
+         exclude: Callable[[str], bool] | None = None) -> None:
     """Collective: load ``directory`` into ``model`` (and ``optimizer``), resharding if needed.
 
     ``partial``: entries of the model the checkpoint lacks (e.g. adapters added after a
-    backbone was trained) keep their current values.
+    backbone was trained) keep their current values. ``exclude``: model entries (by name)
+    that are not loaded and keep their current values (e.g. a head re-initialised when a
+    model starts from another's checkpoint).
     """
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory}: checkpoint not found")
-    state = {"model": model.state_dict()}
+    model_state = model.state_dict()
+    if exclude is not None:
+        model_state = {k: v for k, v in model_state.items() if not exclude(k)}
+    state = {"model": model_state}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
     planner = DefaultLoadPlanner(allow_partial_load=True) if partial else None
     dcp.load(state, checkpoint_id=str(directory), planner=planner)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"], strict=exclude is None)
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
 

@@ -33,6 +33,10 @@ class Baseline(str, Enum):
 
 class ModelConfig(StrictModel):
     tower: Literal["mlp", "dcnv2", "deepfm"] = "mlp"
+    #: the sparse and multi-hot fields the model embeds (default: every one of the data)
+    fields: list[str] | None = None
+    #: feed the data's dense features to the tower
+    use_dense: bool = True
     embedding_dim: int = Field(default=16, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [256, 128])
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -87,6 +91,9 @@ class TrainLoopConfig(StrictModel):
     domains: list[str] | None = None
     #: background batches prepared ahead of the model (0: none)
     prefetch: int = Field(default=1, ge=0)
+    #: validate each epoch and keep the best (early stopping); False trains on every
+    #: selected row for ``epochs`` epochs and keeps the last (for tiny, frequent windows)
+    validation: bool = True
 
 
 class TrainConfig(StrictModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -56,11 +57,13 @@ def process_group(rank: int, world_size: int, backend: str):
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+    hook = sys.excepthook  # init_process_group chains a "[rankN]:" excepthook on every call
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         yield
     finally:
         dist.destroy_process_group()
+        sys.excepthook = hook
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
@@ -121,14 +124,16 @@ def shard(model: nn.Module, *, device: torch.device, batch_size: int, optim: Emb
     table-column-wise sharding per table for the world size.
     """
     ebcs = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
+    pg = dist.group.WORLD
+    world = dist.get_world_size()
+    # one rank: every table lands whole on it, so table-wise is the only plan worth searching
+    types = SHARDING_TYPES if world > 1 else [ShardingType.TABLE_WISE.value]
     constraints = {}
     for ebc in ebcs:
         apply_optimizer_in_backward(_FUSED[optim.type], ebc.parameters(), fused_kwargs(optim))
         for table in ebc.embedding_bag_configs():
             constraints[table.name] = ParameterConstraints(
-                sharding_types=SHARDING_TYPES, compute_kernels=[EmbeddingComputeKernel.FUSED.value])
-    pg = dist.group.WORLD
-    world = dist.get_world_size()
+                sharding_types=types, compute_kernels=[EmbeddingComputeKernel.FUSED.value])
     topology = TopologyFactory.create_topology(TrainerConfig(world_size=world, local_world_size=world),
                                                kernel_config=KernelConfig(compute_device=device.type))
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints,

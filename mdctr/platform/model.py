@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
+from mdctr.domains.batching import DatasetReader
 from mdctr.domains.spec import DatasetSpec, FieldKind
 from mdctr.platform.config import Baseline, ModelConfig
 from mdctr.platform.towers import build_tower
@@ -35,13 +37,24 @@ class FeatureLayout:
     def reader_table_sizes(self) -> dict[str, int]:
         return {k: v for k, v in self.rows.items() if k != DOMAIN_KEY}
 
+    def reader(self, directory: str | Path, **kwargs) -> DatasetReader:
+        """A reader of ``directory`` whose batches carry exactly this layout's fields."""
+        return DatasetReader(directory, table_sizes=self.reader_table_sizes,
+                             fields=[k for k in self.keys if k != DOMAIN_KEY], **kwargs)
+
 
 def feature_layout(spec: DatasetSpec, cfg: ModelConfig, baseline: Baseline) -> FeatureLayout:
     keys, rows, pooling = [], {}, {}
-    for f in spec.sparse_fields + spec.multi_hot_fields:
-        unknown = set(cfg.table_rows) - {x.name for x in spec.fields}
-        if unknown:
-            raise ValueError(f"model.table_rows names fields the dataset lacks: {sorted(unknown)}")
+    unknown = set(cfg.table_rows) - {x.name for x in spec.fields}
+    if unknown:
+        raise ValueError(f"model.table_rows names fields the dataset lacks: {sorted(unknown)}")
+    embeddable = spec.sparse_fields + spec.multi_hot_fields
+    missing = [f for f in cfg.fields or [] if f not in {x.name for x in embeddable}]
+    if missing:
+        raise ValueError(f"model.fields names '{missing[0]}', not a sparse or multi-hot field of the data")
+    for f in embeddable:
+        if cfg.fields is not None and f.name not in cfg.fields:
+            continue
         keys.append(f.name)
         rows[f.name] = cfg.table_rows.get(f.name, min(int(f.cardinality or 1), cfg.max_table_rows))
         pooling[f.name] = PoolingType.MEAN if f.kind is FieldKind.multi_hot else PoolingType.SUM
@@ -49,7 +62,8 @@ def feature_layout(spec: DatasetSpec, cfg: ModelConfig, baseline: Baseline) -> F
         keys.append(DOMAIN_KEY)
         rows[DOMAIN_KEY] = len(spec.domains)
         pooling[DOMAIN_KEY] = PoolingType.SUM
-    return FeatureLayout(keys, rows, pooling, len(spec.dense_fields), spec.domain_names)
+    dense_dim = len(spec.dense_fields) if cfg.use_dense else 0
+    return FeatureLayout(keys, rows, pooling, dense_dim, spec.domain_names)
 
 
 class SeededUniformInit:

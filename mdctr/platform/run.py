@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from mdctr.domains.batching import DatasetReader
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.errors import DataContractError
 from mdctr.domains.spec import DatasetSpec, load_spec, save_spec
@@ -41,7 +40,7 @@ log = logging.getLogger("mdctr.train")
 def setup_logging(run_dir: Path | None, rank: int) -> None:
     root = logging.getLogger("mdctr")
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    root.handlers.clear()
+    close_log_files()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     h = logging.StreamHandler(sys.stdout)
     h.setFormatter(fmt)
@@ -51,6 +50,14 @@ def setup_logging(run_dir: Path | None, rank: int) -> None:
         fh.setFormatter(fmt)
         root.addHandler(fh)
     root.propagate = False
+
+
+def close_log_files() -> None:
+    """Detach mdctr's handlers, closing its log files (before a run directory moves)."""
+    root = logging.getLogger("mdctr")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
 
 
 def _ckpt_dir(run_dir: Path, cfg: TrainConfig, domain: str | None) -> Path:
@@ -69,7 +76,7 @@ def _train_worker(rank: int, world_size: int, cfg: TrainConfig, data_dir: Path, 
     device, _ = select_device(rank)
     spec = load_spec(data_dir)
     layout = feature_layout(spec, cfg.model, cfg.baseline)
-    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    reader = layout.reader(data_dir)
     preds = []
     history: dict[str, list] = {}
     for unit in _units(cfg, spec):
@@ -205,7 +212,7 @@ def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, 
         raise DataContractError(f"domain '{unknown[0]}' was not trained by this {cfg.baseline.value} run",
                                 file=data_dir / "dataset.yaml")
     device, _ = select_device(rank)
-    reader = DatasetReader(data_dir, table_sizes=layout.reader_table_sizes)
+    reader = layout.reader(data_dir)
     preds = []
     for unit in _units(cfg, train_spec):
         if unit is not None and unit not in data_spec.domain_names:

@@ -52,13 +52,21 @@ class Trainer:
         domain_map: the model's domain index for each of the reader's (when the reader's
             dataset orders or names domains differently from the model's).
         group_domains: order each training batch's rows by domain (for per-domain modules).
+        window: train and evaluate only rows with ``lo <= ts < hi`` (either end may be None).
+        transform: applied to every batch on the data thread, before the model sees it
+            (e.g. to join features looked up by id).
+
+    With ``cfg.train.validation`` off, the trainer trains on every selected row (no split),
+    validates nothing and keeps the last epoch.
     """
 
     def __init__(self, cfg: TrainConfig, reader: DatasetReader, layout: FeatureLayout, ckpt_dir: Path, *,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  domains: list[str] | None = None, model: torch.nn.Module | None = None,
                  trainable: Callable[[str], bool] | None = None, loss_fn: LossFn = bce_loss,
-                 domain_map: torch.Tensor | None = None, group_domains: bool = False, progress: bool = True):
+                 domain_map: torch.Tensor | None = None, group_domains: bool = False, progress: bool = True,
+                 window: tuple[int | None, int | None] | None = None,
+                 transform: Callable[[Batch], Batch] | None = None):
         self.cfg, self.reader, self.layout = cfg, reader, layout
         self.ckpt_dir = Path(ckpt_dir)
         self.rank, self.world_size, self.device = rank, world_size, device
@@ -78,17 +86,24 @@ class Trainer:
                              if n not in tables and p.requires_grad and keep(n)}
         self.dense_opt = dense_optimizer(self.dense_params, cfg.optim.dense)
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, self.dense_opt])
-        self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=self.domains)
+        self.transform = transform
+        self.validation = cfg.train.validation
+        self.train_split = "train" if self.validation else None
+        self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=self.domains,
+                              ts_range=window)
 
     # -- data ----------------------------------------------------------------------------
-    def _batches(self, split: str, epoch: int, *, train: bool):
+    def _batches(self, split: str | None, epoch: int, *, train: bool):
         it = self.reader.batches(
             split, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
             seed=self.cfg.train.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
             drop_last=train and self.world_size > 1, group_domains=train and self.group_domains, **self._split_kw)
-        return prefetch(it, self.cfg.train.prefetch)
+        return prefetch(self._transformed(it), self.cfg.train.prefetch)
 
-    def _num_batches(self, split: str, batch_size: int) -> int:
+    def _transformed(self, batches):
+        return batches if self.transform is None else map(self.transform, batches)
+
+    def _num_batches(self, split: str | None, batch_size: int) -> int:
         n = self.reader.num_rows(split, **self._split_kw)
         return math.ceil(n / (batch_size * self.world_size))
 
@@ -97,7 +112,8 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed * 100_003 + epoch * 101 + self.rank)
         self.model.train()
         total, count = 0.0, 0
-        bar = tqdm(self._batches("train", epoch, train=True), total=self._num_batches("train", self.batch_size),
+        bar = tqdm(self._batches(self.train_split, epoch, train=True),
+                   total=self._num_batches(self.train_split, self.batch_size),
                    desc=f"epoch {epoch}", unit="batch", disable=None if self.progress else True, leave=False)
         clip = self.cfg.train.grad_clip
         params = list(self.dense_params.values())
@@ -116,18 +132,21 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, split: str | None, reader: DatasetReader | None = None,
-                domain_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                domain_map: torch.Tensor | None = None, *, window: tuple[int | None, int | None] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, labels and the reader's domain index of every row of ``split``, gathered on
         all ranks. ``domain_map`` maps the reader's domain indices to the model's (when the
-        reader holds another dataset than the one trained on).
+        reader holds another dataset than the one trained on); ``window`` replaces the
+        trainer's time window (e.g. the day after a model's training window).
         """
         self.model.eval()
         reader = reader or self.reader
         outs: list[tuple[torch.Tensor, ...]] = []
+        kw = dict(self._split_kw, ts_range=window) if window is not None else self._split_kw
         it = reader.batches(split, batch_size=self.eval_batch_size, shuffle=False, rank=self.rank,
-                            world_size=self.world_size, **self._split_kw)
+                            world_size=self.world_size, **kw)
         spare: Batch | None = None
-        for batch in prefetch(it, self.cfg.train.prefetch):
+        for batch in prefetch(self._transformed(it), self.cfg.train.prefetch):
             if len(batch) == 0 and spare is not None:  # keep collectives in step across ranks
                 self.model(spare.sparse, spare.dense, spare.domain)
                 continue
@@ -183,9 +202,13 @@ class Trainer:
     def _end_epoch(self, state: ckpt.TrainState, epoch: int, train_loss: float | None, t0: float, *,
                    last: bool = False) -> None:
         """Validate, checkpoint, update early stopping and log one epoch."""
-        valid = self.evaluate("valid")
-        wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
-        improved = wauc > state.best_wauc
+        if self.validation:
+            valid = self.evaluate("valid")
+            wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
+            improved = wauc > state.best_wauc or state.best_epoch < 0
+        else:  # no validation: the latest epoch is the model
+            valid = {"auc": None, "wauc": None, "logloss": None}
+            wauc, improved = float("-inf"), True
         ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
         state.last_epoch = epoch
         if improved:

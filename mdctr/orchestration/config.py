@@ -1,0 +1,134 @@
+"""Typed config of the tri-level transfer pipeline (``configs/*_cadence.yaml``).
+
+Example (``configs/movielens_ads_cadence.yaml``)::
+
+    data: movielens-100k:ads        # organic and ad domains, overlapping users
+    store: runs/cadence/movielens-ads
+    model: {tower: mlp, embedding_dim: 16, hidden: [256, 128]}   # CPM and A-CTR network
+    tpm:  {window_days: 182, keep: 3, fields: [user_id, item_id, genres]}
+    cpm:  {window_days: 30, weekday: 0}
+    actr: {window_days: 1, init_from_cpm: true, use_tpm: true}
+
+Each stage's version id is ``STAGE-DATE-HASH`` where HASH covers exactly the settings that
+change that stage's artifact (the data, its own section, and what it consumes), so
+re-running a stage for a date with the same settings finds the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from mdctr.domains.config_io import StrictModel, load_model
+from mdctr.platform.config import ModelConfig, OptimConfig, TrainLoopConfig
+
+STAGES = ("tpm", "cpm", "actr")
+
+
+class TPMConfig(StrictModel):
+    """Tiny pretrain model: few id features, long organic window, monthly snapshots."""
+
+    #: days of organic data before the run date
+    window_days: int = Field(default=182, ge=1)
+    #: the fields the tiny model embeds (user, item and a category field)
+    fields: list[str] = ["user_id", "item_id", "genres"]
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    embedding_dim: int = Field(default=16, ge=1)
+    hidden: list[int] = [64]
+    #: snapshots kept in the store (older ones are garbage-collected) and fed to A-CTR
+    keep: int = Field(default=3, ge=1)
+    attention_heads: int = Field(default=2, ge=1)
+    train: TrainLoopConfig = TrainLoopConfig(epochs=4, batch_size=1024, patience=1)
+
+    @model_validator(mode="after")
+    def _ids(self) -> "TPMConfig":
+        for f in (self.user_field, self.item_field):
+            if f not in self.fields:
+                raise ValueError(f"tpm.fields must include '{f}'")
+        if self.embedding_dim % self.attention_heads:
+            raise ValueError("tpm.embedding_dim must be divisible by tpm.attention_heads")
+        return self
+
+
+class CPMConfig(StrictModel):
+    """Complete pretrain model: the ad model's network on a short organic window, weekly."""
+
+    window_days: int = Field(default=30, ge=1)
+    #: the weekday (0 = Monday) of the weekly run
+    weekday: int = Field(default=0, ge=0, le=6)
+    train: TrainLoopConfig = TrainLoopConfig(epochs=4, batch_size=1024, patience=1)
+
+
+class ACTRConfig(StrictModel):
+    """The ad model, fine-tuned daily on the recent ad window."""
+
+    window_days: int = Field(default=1, ge=1)
+    #: start from the latest CPM at or before the date (else from scratch)
+    init_from_cpm: bool = True
+    #: feed the user's and item's last ``tpm.keep`` TPM snapshots to the tower
+    use_tpm: bool = True
+    #: model entries not taken from the CPM (substrings of their names): normalisation
+    #: statistics and domain-specific parts (per-domain adapters). The CPM is one model shared
+    #: by the organic domains, so its output head is not domain-specific and is transferred;
+    #: add ".head." to re-initialise it
+    init_exclude: list[str] = ["lora_", "running_mean", "running_var", "num_batches_tracked"]
+    train: TrainLoopConfig = TrainLoopConfig(epochs=2, batch_size=256, validation=False)
+    #: next-day evaluation: days with fewer rows (or one class) get no AUC
+    min_eval_rows: int = Field(default=20, ge=2)
+
+
+class PipelineConfig(StrictModel):
+    data: str
+    #: where versions, snapshots and lineage live
+    store: str
+    #: lineage database URL (SQLAlchemy); default ``sqlite:///STORE/lineage.sqlite``
+    lineage_url: str | None = None
+    #: domains of each role (default: by the roles in dataset.yaml)
+    organic_domains: list[str] | None = None
+    ad_domains: list[str] | None = None
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    tpm: TPMConfig = TPMConfig()
+    cpm: CPMConfig = CPMConfig()
+    actr: ACTRConfig = ACTRConfig()
+    seed: int = 0
+    world_size: int = Field(default=1, ge=1)
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the settings that determine ``stage``'s artifacts (see module doc)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r} (expected one of {STAGES})")
+        parts: dict = {"data": self.data, "seed": self.seed, "organic": self.organic_domains}
+        if stage == "tpm":
+            parts["tpm"] = self.tpm.model_dump(mode="json")
+        else:
+            parts.update(model=self.model.model_dump(mode="json"), optim=self.optim.model_dump(mode="json"),
+                         use_tpm=self.actr.use_tpm)
+            if self.actr.use_tpm:
+                parts["tpm"] = self.stage_hash("tpm")
+            if stage == "cpm":
+                parts["cpm"] = self.cpm.model_dump(mode="json")
+            else:
+                parts.update(ad=self.ad_domains, actr=self.actr.model_dump(mode="json"))
+                if self.actr.init_from_cpm:
+                    parts["cpm"] = self.stage_hash("cpm")
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+
+    def version_id(self, stage: str, day: date) -> str:
+        return f"{stage}-{day.isoformat()}-{self.stage_hash(stage)}"
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    return load_model(path, PipelineConfig)
+
+
+def parse_date(text: str, what: str = "--date") -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{what}: expected YYYY-MM-DD, got {text!r}") from None

@@ -1,0 +1,1 @@
+"""Versioned columnar stores (Parquet + an atomically committed manifest, DuckDB-queryable)."""
