@@ -20,7 +20,8 @@ Shapes (B = rows in the batch, F = sparse + multi-hot fields, D = dense fields):
     Batch.labels      float32 (B,)
     Batch.domain      int64   (B,)   index into dataset.yaml's domain list
     Batch.example_id  int64   (B,)
-    Batch.raw         {field: int64 (B,)}  raw ids of the reader's ``raw_fields`` (else empty)
+    Batch.extra       {name: (B,)}  per-row extras: raw ids of the reader's ``raw_fields``,
+                      and columns joined by batch transforms (e.g. teacher logits)
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Batch:
     labels: torch.Tensor
     domain: torch.Tensor
     example_id: torch.Tensor
-    raw: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -64,7 +65,7 @@ class Batch:
             labels=self.labels.to(device, non_blocking=non_blocking),
             domain=self.domain.to(device, non_blocking=non_blocking),
             example_id=self.example_id.to(device, non_blocking=non_blocking),
-            raw={k: v.to(device, non_blocking=non_blocking) for k, v in self.raw.items()},
+            extra={k: v.to(device, non_blocking=non_blocking) for k, v in self.extra.items()},
         )
 
 
@@ -126,7 +127,7 @@ class DatasetReader:
             memory, so later epochs skip Parquet decoding and id mapping.
         background: read and decode the next chunk on a background thread.
         fields: the sparse and multi-hot fields batches carry (default: all of them).
-        raw_fields: single-valued fields whose raw ids batches also carry in ``Batch.raw``
+        raw_fields: single-valued fields whose raw ids batches also carry in ``Batch.extra``
             (for lookups keyed by id, such as embedding snapshots).
 
     Example::

@@ -60,7 +60,7 @@ class SnapshotJoin:
         parts = [batch.dense[:, : self.dense_dim].numpy()]
         offset = k - len(self.months)  # the newest snapshot always sits in the last slot
         for entity, field in self.spec.entities.items():
-            ids = batch.raw[field].numpy()
+            ids = batch.extra[field].numpy()
             vectors = np.zeros((b, k, d), dtype=np.float32)
             found = np.zeros((b, k), dtype=np.float32)
             for j, month in enumerate(self.months):

@@ -14,7 +14,7 @@ def _batch(users, items, dense_dim=2) -> Batch:
     b = len(users)
     return Batch(sparse=None, dense=torch.arange(b * dense_dim, dtype=torch.float32).view(b, dense_dim),
                  labels=torch.zeros(b), domain=torch.zeros(b, dtype=torch.long), example_id=torch.arange(b),
-                 raw={"user_id": torch.tensor(users), "item_id": torch.tensor(items)})
+                 extra={"user_id": torch.tensor(users), "item_id": torch.tensor(items)})
 
 
 def test_join_places_the_newest_snapshot_last_and_marks_unknown_ids(tmp_path):
