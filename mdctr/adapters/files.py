@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mdctr.domains.errors import DataContractError
+from mdctr.platform.run import run_identity
 from mdctr.domains.writer import atomic_dir
 
 FORMAT = "mdctr-adapter/1"
@@ -29,10 +30,8 @@ WEIGHTS, META = "adapter.safetensors", "adapter.json"
 
 def backbone_identity(run_dir: str | Path) -> dict[str, str]:
     """The run id and fingerprint (config + data + best epoch) of a run's backbone."""
-    run = json.loads((Path(run_dir) / "run.json").read_text())
-    state = json.loads((Path(run_dir) / "checkpoints" / "state.json").read_text())
-    fp = f"{run['config_fingerprint']}:{run.get('data_fingerprint', '')[:16]}:{state['best_epoch']}"
-    return {"base_run_id": run["run_id"], "base_fingerprint": fp}
+    ident = run_identity(run_dir)
+    return {"base_run_id": ident["run_id"], "base_fingerprint": ident["fingerprint"]}
 
 
 def save_adapter(out: str | Path, tensors: dict[str, torch.Tensor], meta: dict, *, overwrite: bool = False) -> None:

@@ -176,7 +176,7 @@ def _predict_worker(rank: int, world: int, run_dir: Path, extra: list[Path], dat
     state = ckpt.read_state(run_dir / "checkpoints")
     ckpt.load(trainer.model, None, ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch), partial=True)
     apply_extra(trainer.model, run_dir, extra)
-    logits, labels, domain = trainer.predict(split)
+    logits, labels, domain, _ = trainer.predict(split)
     if rank == 0:
         torch.save({"logits": logits, "labels": labels, "domain": domain}, out_file)
 

@@ -78,6 +78,8 @@ class ACTRConfig(StrictModel):
     #: add ".head." to re-initialise it
     init_exclude: list[str] = ["lora_", "running_mean", "running_var", "num_batches_tracked"]
     train: TrainLoopConfig = TrainLoopConfig(epochs=2, batch_size=256, validation=False)
+    #: the fine-tuning optimizer (default: the config's ``optim``)
+    optim: OptimConfig | None = None
     #: next-day evaluation: days with fewer rows (or one class) get no AUC
     min_eval_rows: int = Field(default=20, ge=2)
 

@@ -47,7 +47,8 @@ from mdctr.domains.ids import table_rows
 from mdctr.domains.spec import Role, load_spec, save_spec
 from mdctr.domains.validate import validate_dataset
 from mdctr.platform import checkpoint as ckpt
-from mdctr.platform.config import Baseline, ModelConfig, TrainConfig, TrainLoopConfig, save_train_config
+from mdctr.platform.config import (Baseline, ModelConfig, OptimConfig, TrainConfig, TrainLoopConfig,
+                                  save_train_config)
 from mdctr.platform.distributed import launch, select_device
 from mdctr.platform.history import HistoryCTRModel, HistorySpec, SnapshotJoin
 from mdctr.platform.metrics import compute_metrics, write_json
@@ -141,10 +142,11 @@ class Pipeline:
         t = self.cfg.tpm
         return HistorySpec({"user": t.user_field, "item": t.item_field}, t.keep, t.embedding_dim, t.attention_heads)
 
-    def _train_cfg(self, model: ModelConfig, loop: TrainLoopConfig, domains: list[str]) -> TrainConfig:
+    def _train_cfg(self, model: ModelConfig, loop: TrainLoopConfig, domains: list[str],
+                   optim: OptimConfig | None = None) -> TrainConfig:
         train = loop.model_copy(update={"seed": self.cfg.seed, "domains": domains})
-        return TrainConfig(data=str(self.data_dir), baseline=Baseline.shared, model=model, optim=self.cfg.optim,
-                           train=train, world_size=self.cfg.world_size)
+        return TrainConfig(data=str(self.data_dir), baseline=Baseline.shared, model=model,
+                           optim=optim or self.cfg.optim, train=train, world_size=self.cfg.world_size)
 
     def plan(self, stage: str, day: date, *, evaluate_next_day: bool = False) -> tuple[StagePlan, dict]:
         """The stage's plan for ``day`` and its lineage inputs."""
@@ -163,7 +165,8 @@ class Pipeline:
         section = c.cpm if stage == "cpm" else c.actr
         domains = self.organic if stage == "cpm" else self.ad
         window = (end - section.window_days * DAY, end)
-        plan = StagePlan(stage, day, vid, self._train_cfg(c.model, section.train, domains), window, domains)
+        optim = c.actr.optim if stage == "actr" else None
+        plan = StagePlan(stage, day, vid, self._train_cfg(c.model, section.train, domains, optim), window, domains)
         inputs: dict = {}
         if c.actr.use_tpm:
             months, versions = self.tpm_months(day)
@@ -310,7 +313,7 @@ def _train_stage(rank: int, world_size: int, plan: StagePlan, out: Path) -> None
     metrics = {"train_rows": train_rows, "best_epoch": state.best_epoch, "valid_auc": best["valid_auc"],
                "valid_wauc": best["valid_wauc"], "train_loss": best["train_loss"]}
     if plan.evaluate is not None:
-        logits, labels, domain = trainer.predict(None, window=plan.evaluate)
+        logits, labels, domain, _ = trainer.predict(None, window=plan.evaluate)
         if rank == 0:
             pq.write_table(pa.table({"logit": logits.numpy(), "label": labels.numpy()}), out / "next_day.parquet")
             metrics["next_day"] = next_day_metrics(logits, labels, domain, spec.domain_names, plan.min_eval_rows)

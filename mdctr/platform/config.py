@@ -96,12 +96,37 @@ class TrainLoopConfig(StrictModel):
     validation: bool = True
 
 
+class DistillConfig(StrictModel):
+    """Learn from a teacher's labels in the teacher-label store (``mdctr labels write``).
+
+    ``aux``: the served logit learns the hard label; an auxiliary head on the same last
+    hidden layer learns ``sigmoid(teacher_logit / temperature)`` with weight ``weight``.
+    ``direct``: the served logit learns ``(1 - weight) * label + weight * soft``. Rows the
+    teacher did not label learn the hard label only.
+    """
+
+    #: a label version name, or "latest"
+    teacher_labels: str = "latest"
+    #: the teacher-label store directory
+    store: str = "runs/labels"
+    mode: Literal["aux", "direct"] = "aux"
+    weight: float = Field(default=0.5, ge=0)
+    temperature: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _direct_weight(self) -> "DistillConfig":
+        if self.mode == "direct" and self.weight > 1:
+            raise ValueError("distill.weight must be <= 1 in direct mode (it mixes the two labels)")
+        return self
+
+
 class TrainConfig(StrictModel):
     data: str
     baseline: Baseline = Baseline.shared
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainLoopConfig = TrainLoopConfig()
+    distill: DistillConfig | None = None
     world_size: int = Field(default=1, ge=1)
 
     def fingerprint(self) -> str:

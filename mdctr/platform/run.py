@@ -31,8 +31,10 @@ from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.config import Baseline, TrainConfig, load_train_config, save_train_config
 from mdctr.platform.distributed import launch, select_device
 from mdctr.platform.metrics import compute_metrics, metrics_table, write_json
-from mdctr.platform.model import CTRModel, FeatureLayout, feature_layout
-from mdctr.platform.trainer import Trainer
+from mdctr.platform.distill import TeacherJoin, build_student, distill_loss
+from mdctr.platform.model import FeatureLayout, feature_layout
+from mdctr.platform.stores.labels import LabelReader, TeacherLabelStore
+from mdctr.platform.trainer import Predictions, Trainer
 
 log = logging.getLogger("mdctr.train")
 
@@ -79,15 +81,35 @@ def _train_worker(rank: int, world_size: int, cfg: TrainConfig, data_dir: Path, 
     reader = layout.reader(data_dir)
     preds = []
     history: dict[str, list] = {}
+    info: dict = {}
+    student: dict = {}
+    if cfg.distill is not None:
+        labels = teacher_labels(cfg, spec, data_dir)
+        info["teacher_labels"] = labels.version.name
+        log.info("distilling (%s, weight %g, T %g) from teacher labels %s (%d labels)", cfg.distill.mode,
+                 cfg.distill.weight, cfg.distill.temperature, labels.version.name, len(labels))
+        student = dict(transform=TeacherJoin(labels), loss_fn=distill_loss(cfg.distill))
     for unit in _units(cfg, spec):
         if unit is not None:
             log.info("-- separate model for domain %s", unit)
+        if student:
+            torch.manual_seed(cfg.train.seed)
+            student["model"] = build_student(layout, cfg.model, cfg.distill, cfg.train.seed)
         trainer = Trainer(cfg, reader, layout, _ckpt_dir(run_dir, cfg, unit), rank=rank, world_size=world_size,
-                          device=device, domains=None if unit is None else [unit])
+                          device=device, domains=None if unit is None else [unit], **student)
         state = trainer.fit(resume=resume)
         history[unit or "all"] = state.history
         preds.append(trainer.predict("test"))
-    finish_run(run_dir, rank, preds, layout, history)
+    finish_run(run_dir, rank, preds, layout, history, **info)
+
+
+def teacher_labels(cfg: TrainConfig, spec: DatasetSpec, data_dir: Path) -> LabelReader:
+    """The label version a distilling config names, checked to label this dataset."""
+    version = TeacherLabelStore(cfg.distill.store).resolve(cfg.distill.teacher_labels)
+    if version.meta.get("data_fingerprint") != spec.fingerprint:
+        raise DataContractError(f"teacher labels {version.name} label another dataset "
+                                f"({version.meta.get('data_dir')}), not this one", file=data_dir / "dataset.yaml")
+    return LabelReader(version)
 
 
 def finish_run(run_dir: Path, rank: int, preds: list[tuple[torch.Tensor, ...]], layout: FeatureLayout,
@@ -128,6 +150,18 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, data_dir: Path, spec: Datas
                 "torch": torch.__version__}, run_dir / "run.json")
 
 
+def run_identity(run_dir: str | Path) -> dict[str, str]:
+    """A finished run's id and fingerprint (config + data + best epoch): what artifacts
+    derived from the run (adapters, teacher labels) record to name their source."""
+    run_dir = Path(run_dir)
+    state = ckpt.read_state(run_dir / "checkpoints")
+    if not (run_dir / "run.json").exists() or state is None or state.best_epoch < 0:
+        raise DataContractError("not a finished run (no run.json or no finished checkpoint)", file=run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    fp = f"{run['config_fingerprint']}:{run.get('data_fingerprint', '')[:16]}:{state.best_epoch}"
+    return {"run_id": run["run_id"], "fingerprint": fp}
+
+
 def resolve_config(config: str | Path | TrainConfig, *, world_size: int | None = None,
                    split_seed: int | None = None, seed: int | None = None,
                    loader: Callable[[Path], TrainConfig] = load_train_config) -> TrainConfig:
@@ -155,6 +189,8 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = F
     data_dir = resolve_data(cfg.data)
     spec, _ = validate_dataset(data_dir)
     feature_layout(spec, cfg.model, cfg.baseline)  # config/data mismatches fail before any output
+    if cfg.distill is not None:
+        teacher_labels(cfg, spec, data_dir)
     unknown = [d for d in cfg.train.domains or [] if d not in spec.domain_names]
     if unknown:
         raise DataContractError(f"train.domains names '{unknown[0]}', which the data lacks "
@@ -175,8 +211,9 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = F
 
 
 def default_builder(cfg: TrainConfig, layout: FeatureLayout) -> torch.nn.Module:
-    """The unsharded model of a run (``CTRModel``); other packages pass their own builder."""
-    return CTRModel(layout, cfg.model, seed=cfg.train.seed)
+    """The unsharded model of a run (``CTRModel``, with its auxiliary head when it was a
+    distilled student); other packages pass their own builder."""
+    return build_student(layout, cfg.model, cfg.distill, cfg.train.seed)
 
 
 def load_run(run_dir: str | Path, loader: Callable[[Path], TrainConfig] = load_train_config,
@@ -202,10 +239,14 @@ def check_compatible(train_spec: DatasetSpec, data_spec: DatasetSpec, where: Pat
     return torch.tensor([names.index(d) if d in names else -1 for d in data_spec.domain_names]), unknown
 
 
-def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
-                     out_file: Path, loader: Callable, builder: Callable) -> None:
-    setup_logging(None, rank)
+def run_predictions(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
+                    loader: Callable = load_train_config, builder: Callable = default_builder,
+                    split_seed: int | None = None) -> tuple[Predictions, DatasetSpec]:
+    """Collective: the best model of ``run_dir`` (every unit of a ``separate`` run) over
+    ``split`` of ``data_dir``; the data's spec. ``split_seed`` overrides the run's."""
     cfg, train_spec, layout = load_run(run_dir, loader)
+    if split_seed is not None:
+        cfg = resolve_config(cfg, split_seed=split_seed)
     data_spec = load_spec(data_dir)
     domain_map, unknown = check_compatible(train_spec, data_spec, data_dir)
     if unknown and cfg.baseline is not Baseline.shared:
@@ -225,9 +266,15 @@ def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, 
                           domains=None if unit is None else [unit], progress=False, model=builder(cfg, layout))
         ckpt.load(trainer.model, None, ckpt.epoch_dir(ck, state.best_epoch))
         preds.append(trainer.predict(split, domain_map=domain_map.clamp(min=0)))
-    logits, labels, domain = (torch.cat([p[i] for p in preds]) for i in range(3))
+    return Predictions(*(torch.cat([p[i] for p in preds]) for i in range(4))), data_spec
+
+
+def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
+                     out_file: Path, loader: Callable, builder: Callable) -> None:
+    setup_logging(None, rank)
+    p, data_spec = run_predictions(rank, world_size, run_dir, data_dir, split, loader, builder)
     if rank == 0:
-        metrics = compute_metrics(logits, labels, domain, data_spec.domain_names, split=split or "all")
+        metrics = compute_metrics(p.logits, p.labels, p.domain, data_spec.domain_names, split=split or "all")
         write_json(metrics, out_file)
         print(metrics_table(metrics))
 

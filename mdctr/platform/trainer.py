@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,13 @@ LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 def bce_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, batch.labels)
+
+
+class Predictions(NamedTuple):
+    logits: torch.Tensor  # float (N,)
+    labels: torch.Tensor  # float (N,)
+    domain: torch.Tensor  # int64 (N,), the reader's domain index
+    example_id: torch.Tensor  # int64 (N,)
 
 
 class Trainer:
@@ -133,9 +141,9 @@ class Trainer:
     @torch.no_grad()
     def predict(self, split: str | None, reader: DatasetReader | None = None,
                 domain_map: torch.Tensor | None = None, *, window: tuple[int | None, int | None] | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, labels and the reader's domain index of every row of ``split``, gathered on
-        all ranks. ``domain_map`` maps the reader's domain indices to the model's (when the
+                ) -> Predictions:
+        """Logits, labels, the reader's domain index and example ids of every row of ``split``,
+        gathered on all ranks. ``domain_map`` maps the reader's domain indices to the model's (when the
         reader holds another dataset than the one trained on); ``window`` replaces the
         trainer's time window (e.g. the day after a model's training window).
         """
@@ -153,19 +161,20 @@ class Trainer:
             dom = self._model_domain(batch.domain, domain_map)
             b = batch.to(self.device)
             logits = self.model(b.sparse, b.dense, dom.to(self.device)).float().cpu()
-            outs.append((logits, batch.labels, batch.domain))
+            outs.append((logits, batch.labels, batch.domain, batch.example_id))
             spare = b
-        logits, labels, domain = (torch.cat([o[i] for o in outs]) if outs else torch.empty(0) for i in range(3))
+        empty = (torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+        parts = [torch.cat([o[i] for o in outs]) if outs else empty[i] for i in range(4)]
         if self.world_size > 1:
-            logits, labels, domain = (_all_gather(t) for t in (logits, labels, domain.float()))
-        return logits, labels, domain.long()
+            parts = [_all_gather(t) for t in parts]
+        return Predictions(*parts)
 
     def _model_domain(self, domain: torch.Tensor, domain_map: torch.Tensor | None = None) -> torch.Tensor:
         mapping = domain_map if domain_map is not None else self.domain_map
         return domain if mapping is None else mapping[domain]
 
     def evaluate(self, split: str) -> dict:
-        logits, labels, domain = self.predict(split)
+        logits, labels, domain, _ = self.predict(split)
         return compute_metrics(logits, labels, domain, self.reader.spec.domain_names, split=split)
 
     # -- loop ----------------------------------------------------------------------------

@@ -55,7 +55,7 @@ class VersionedStore:
     manifest, so a label store is never opened as an embedding store by mistake."""
 
     def __init__(self, root: str | Path, kind: str):
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self.kind = kind
 
     # -- reading ---------------------------------------------------------------------------

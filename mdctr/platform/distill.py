@@ -1,0 +1,80 @@
+"""Student distillation from the teacher-label store (Khani et al., RecSys 2024).
+
+- :class:`TeacherJoin` (a batch transform) looks each batch's ``example_id`` up in a label
+  version as batches stream and sets ``batch.extra["teacher_logit"]`` and
+  ``batch.extra["has_teacher"]``; nothing is loaded into per-row Python objects.
+- :class:`AuxHeadCTRModel` adds an auxiliary head on the tower's last hidden layer. In
+  training it returns ``(B, 2)``: the served logit and the auxiliary logit; in eval mode
+  only the served logit ``(B,)``, so metrics and serving never see the auxiliary head.
+- :func:`distill_loss` is the loss of either mode (see :class:`DistillConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdctr.domains.batching import Batch
+from mdctr.platform.config import DistillConfig, ModelConfig
+from mdctr.platform.model import CTRModel, FeatureLayout
+from mdctr.platform.stores.labels import LabelReader
+
+
+class TeacherJoin:
+    """Batch transform: teacher logits of the batch's examples (0 and unflagged when the
+    version has no label for an example)."""
+
+    def __init__(self, labels: LabelReader):
+        self.labels = labels
+
+    def __call__(self, batch: Batch) -> Batch:
+        logits, found = self.labels.lookup(batch.example_id.numpy())
+        extra = dict(batch.extra, teacher_logit=torch.from_numpy(logits), has_teacher=torch.from_numpy(found))
+        return dataclasses.replace(batch, extra=extra)
+
+
+class AuxHeadCTRModel(CTRModel):
+    """:class:`CTRModel` with an auxiliary logit head next to the tower's output head."""
+
+    def __init__(self, layout: FeatureLayout, cfg: ModelConfig, device: torch.device | str = "meta", seed: int = 0):
+        super().__init__(layout, cfg, device=device, seed=seed)
+        head = self.tower.mlp.head
+        self.aux_head = nn.Linear(head.in_features, 1)
+        self._hidden: torch.Tensor | None = None
+        head.register_forward_pre_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module: nn.Module, args: tuple) -> None:
+        self._hidden = args[0]
+
+    def forward(self, sparse, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        logit = super().forward(sparse, dense, domain)
+        hidden, self._hidden = self._hidden, None
+        if not self.training:
+            return logit
+        return torch.stack([logit, self.aux_head(hidden).squeeze(-1)], dim=1)
+
+
+def build_student(layout: FeatureLayout, cfg: ModelConfig, distill: DistillConfig | None, seed: int) -> CTRModel:
+    """The model of a run: with an auxiliary head when distilling in ``aux`` mode."""
+    if distill is not None and distill.mode == "aux":
+        return AuxHeadCTRModel(layout, cfg, seed=seed)
+    return CTRModel(layout, cfg, seed=seed)
+
+
+def distill_loss(cfg: DistillConfig):
+    """``loss(logits, batch)`` for the student (hard BCE plus the teacher term)."""
+
+    def loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        has = batch.extra["has_teacher"].to(logits.dtype)
+        soft = torch.sigmoid(batch.extra["teacher_logit"].to(logits.dtype) / cfg.temperature)
+        if cfg.mode == "aux":
+            hard = F.binary_cross_entropy_with_logits(logits[:, 0], batch.labels)
+            aux = F.binary_cross_entropy_with_logits(logits[:, 1], soft, reduction="none")
+            return hard + cfg.weight * (aux * has).sum() / has.sum().clamp(min=1.0)
+        target = batch.labels + has * cfg.weight * (soft - batch.labels)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    return loss

@@ -1,0 +1,77 @@
+"""``mdctr labels write``: a teacher run labels a dataset split once, into the label store.
+
+The teacher's best model predicts every row of the split (all ranks, gathered); the logits
+are joined with each row's ``ts`` and domain and committed as one version of the
+:class:`~mdctr.platform.stores.labels.TeacherLabelStore`, in parts of ``PART_ROWS`` rows,
+stamped with the teacher's run id and fingerprint and the data's directory, fingerprint and
+``ts`` range.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mdctr.domains.datasets import resolve_data
+from mdctr.domains.spec import load_spec
+from mdctr.domains.validate import validate_dataset
+from mdctr.platform.distributed import launch
+from mdctr.platform.run import load_run, run_identity, run_predictions, setup_logging
+from mdctr.platform.stores.labels import TeacherLabelStore
+from mdctr.platform.stores.versioned import Version
+
+PART_ROWS = 1 << 20
+
+
+def _label_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
+                  split_seed: int | None, out: Path) -> None:
+    setup_logging(None, rank)
+    p, _ = run_predictions(rank, world_size, run_dir, data_dir, split, split_seed=split_seed)
+    if rank == 0:
+        pq.write_table(pa.table({"example_id": p.example_id.numpy(), "teacher_logit": p.logits.numpy().astype(np.float32),
+                                 "domain": p.domain.numpy()}), out)
+
+
+def _parts(preds: pa.Table, data_dir: Path) -> Iterator[pa.Table]:
+    """The predictions with each row's ``ts`` and domain name, ``PART_ROWS`` at a time."""
+    spec = load_spec(data_dir)
+    cols = [pq.read_table(data_dir / f, columns=["example_id", "ts"]) for f in spec.files]
+    ids = np.concatenate([c.column("example_id").to_numpy() for c in cols])
+    ts = np.concatenate([c.column("ts").to_numpy() for c in cols])
+    order = np.argsort(ids, kind="stable")
+    ids, ts = ids[order], ts[order]
+    names = np.array(spec.domain_names, dtype=object)
+    for lo in range(0, preds.num_rows, PART_ROWS):
+        part = preds.slice(lo, PART_ROWS)
+        eid = part.column("example_id").to_numpy()
+        yield pa.table({"example_id": eid, "teacher_logit": part.column("teacher_logit"),
+                        "domain": pa.array(names[part.column("domain").to_numpy()], pa.string()),
+                        "ts": ts[np.searchsorted(ids, eid)]})
+
+
+def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, split: str | None = "train",
+                 split_seed: int | None = None, world_size: int = 1) -> Version:
+    """Label ``split`` of ``data`` with the teacher run's best model; commit one version."""
+    teacher = Path(teacher)
+    ident = run_identity(teacher)
+    cfg, _, _ = load_run(teacher)
+    data_dir = resolve_data(data)
+    spec, _ = validate_dataset(data_dir)
+    scratch = Path(tempfile.mkdtemp(prefix="mdctr-labels-"))
+    try:
+        out = scratch / "predictions.parquet"
+        launch(_label_worker, world_size, teacher, data_dir, split, split_seed, out)
+        preds = pq.read_table(out)
+        meta = {"teacher_run_id": ident["run_id"], "teacher_fingerprint": ident["fingerprint"],
+                "teacher_dir": str(teacher.resolve()), "teacher_config": cfg.fingerprint(),
+                "data_dir": str(data_dir.resolve()), "data_fingerprint": spec.fingerprint, "split": split,
+                "split_seed": split_seed}
+        return TeacherLabelStore(store).write(_parts(preds, data_dir), meta)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

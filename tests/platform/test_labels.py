@@ -1,0 +1,175 @@
+"""Teacher-label store, labelling, and student distillation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mdctr.domains.batching import Batch
+from mdctr.domains.spec import load_spec
+from mdctr.platform.config import DistillConfig
+from mdctr.platform.distill import AuxHeadCTRModel, TeacherJoin, distill_loss
+from mdctr.platform.labelling import write_labels
+from mdctr.platform.model import feature_layout
+from mdctr.platform.run import train
+from mdctr.platform.stores.labels import TeacherLabelStore
+
+DAY = 86_400
+T0 = 1_700_000_000 - 1_700_000_000 % DAY  # a midnight
+
+
+def _part(ids, seed=0, domain="F", day=0) -> pa.Table:
+    ids = np.asarray(ids, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return pa.table({"example_id": ids, "teacher_logit": rng.standard_normal(len(ids)).astype(np.float32),
+                     "domain": [domain] * len(ids), "ts": np.full(len(ids), T0 + day * DAY + 60)})
+
+
+def test_write_read_lookup_range_and_sql(tmp_path):
+    store = TeacherLabelStore(tmp_path)
+    parts = [_part(np.arange(1000, 0, -1), 1, "F", 0), _part(np.arange(2000, 1500, -1), 2, "M", 3)]
+    v = store.write(iter(parts), {"teacher_run_id": "t1"})
+    assert v.meta["rows"] == 1500 and v.meta["domains"] == ["F", "M"] and v.meta["teacher_run_id"] == "t1"
+    assert (v.meta["ts_min"], v.meta["ts_max"]) == (T0 + 60, T0 + 3 * DAY + 60)
+    reader = store.reader("latest")
+    q = np.array([5, 1999, 1200, 0])
+    logits, found = reader.lookup(q)
+    np.testing.assert_array_equal(found, [True, True, False, False])
+    want = {int(i): x for p in parts for i, x in zip(p["example_id"].to_numpy(), p["teacher_logit"].to_numpy())}
+    assert logits[0] == want[5] and logits[1] == want[1999] and logits[2] == 0
+    assert store.read_range(domain="M").num_rows == 500
+    assert store.read_range(start=T0 + DAY).num_rows == 500 and store.read_range(end=T0 + DAY).num_rows == 1000
+    got = duckdb.sql(f"SELECT domain, count(*) FROM read_parquet({store.files()}) GROUP BY 1 ORDER BY 1").fetchall()
+    assert got == [("F", 1000), ("M", 500)]
+
+
+def test_versions_latest_at_or_before_named_and_gc(tmp_path):
+    store = TeacherLabelStore(tmp_path)
+    a = store.write([_part(range(10), day=0)], {})
+    b = store.write([_part(range(10), day=5)], {})
+    assert [v.name for v in store.list()] == [a.name, b.name] and a.name < b.name
+    assert store.resolve("latest").name == b.name
+    day = date.fromtimestamp(T0 + 3 * DAY)
+    assert store.resolve("latest", at_or_before=day).name == a.name  # b's data reaches past that day
+    assert store.resolve(a.name).name == a.name
+    with pytest.raises(ValueError, match="no teacher-label version with data before"):
+        store.resolve("latest", at_or_before=date.fromtimestamp(T0 - DAY))
+    assert store.gc(keep=1) == [a.name]
+    assert [v.name for v in store.list()] == [b.name]
+
+
+@pytest.mark.parametrize("parts, match", [
+    ([_part([1, 2, 2])], "duplicate example_id"),
+    ([_part([1, 2]), _part([2, 3])], "duplicate example_id"),
+    ([], "no rows"),
+])
+def test_bad_runs_commit_nothing(tmp_path, parts, match):
+    store = TeacherLabelStore(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        store.write(parts, {})
+    assert store.list() == [] and not list(tmp_path.glob(".tmp-*"))
+
+
+WRITER = """
+import sys, time, numpy as np, pyarrow as pa
+from mdctr.platform.stores.labels import TeacherLabelStore
+def parts():
+    for i in range(1000):
+        ids = np.arange(i * 1000, (i + 1) * 1000, dtype=np.int64)
+        yield pa.table({"example_id": ids, "teacher_logit": np.ones(1000, np.float32), "domain": ["F"] * 1000,
+                        "ts": np.zeros(1000, np.int64)})
+        if i == 2:
+            print("writing", flush=True)
+            time.sleep(60)
+TeacherLabelStore(sys.argv[1]).write(parts(), {"teacher_run_id": "crashing"})
+"""
+
+
+def test_crash_mid_write_loses_nothing_committed(tmp_path):
+    store = TeacherLabelStore(tmp_path)
+    committed = [store.write([_part(range(i * 100, i * 100 + 100), seed=i)], {"n": i}) for i in range(2)]
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fresh = TeacherLabelStore(tmp_path)
+    assert [v.name for v in fresh.list()] == [v.name for v in committed]
+    assert fresh.resolve("latest").name == committed[-1].name
+    for i, v in enumerate(committed):  # every committed label is readable and unchanged
+        logits, found = fresh.reader(v.name).lookup(np.arange(i * 100, i * 100 + 100))
+        assert found.all()
+        np.testing.assert_array_equal(logits, _part(range(i * 100, i * 100 + 100), seed=i)["teacher_logit"].to_numpy())
+    assert len(list(tmp_path.glob(".tmp-*"))) == 1  # the killed writer's parts: invisible
+    fresh.gc()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _batch(labels, ids) -> Batch:
+    n = len(labels)
+    return Batch(None, torch.zeros(n, 0), torch.tensor(labels, dtype=torch.float32), torch.zeros(n, dtype=torch.long),
+                 torch.tensor(ids))
+
+
+def test_join_and_losses(tmp_path):
+    store = TeacherLabelStore(tmp_path)
+    store.write([pa.table({"example_id": np.array([10, 11], np.int64), "teacher_logit": np.array([2.0, -1.0], np.float32),
+                           "domain": ["F", "F"], "ts": np.zeros(2, np.int64)})], {})
+    batch = TeacherJoin(store.reader())(_batch([1.0, 0.0, 1.0], [10, 11, 12]))
+    torch.testing.assert_close(batch.extra["teacher_logit"], torch.tensor([2.0, -1.0, 0.0]))
+    assert batch.extra["has_teacher"].tolist() == [True, True, False]
+    logits = torch.tensor([[0.3, -0.2], [0.1, 0.5], [-0.4, 2.0]])
+    aux = distill_loss(DistillConfig(mode="aux", weight=0.7, temperature=2.0))(logits, batch)
+    soft = torch.sigmoid(torch.tensor([2.0, -1.0]) / 2.0)
+    want = (F.binary_cross_entropy_with_logits(logits[:, 0], batch.labels)
+            + 0.7 * F.binary_cross_entropy_with_logits(logits[:2, 1], soft))  # row 3 has no teacher label
+    torch.testing.assert_close(aux, want)
+    direct = distill_loss(DistillConfig(mode="direct", weight=0.25))(logits[:, 0], batch)
+    target = torch.tensor([0.75 + 0.25 * torch.sigmoid(torch.tensor(2.0)), 0.25 * torch.sigmoid(torch.tensor(-1.0)), 1.0])
+    torch.testing.assert_close(direct, F.binary_cross_entropy_with_logits(logits[:, 0], target))
+
+
+def test_teacher_labels_then_student(ml_gender, make_config, tmp_path):
+    teacher_cfg = make_config(ml_gender, model={"embedding_dim": 24, "hidden": [96, 48]}, train={"epochs": 2})
+    train(teacher_cfg, tmp_path / "teacher")
+    store = tmp_path / "labels"
+    v = write_labels(tmp_path / "teacher", ml_gender, store=store)
+    assert v.meta["rows"] == 79_900 and v.meta["split"] == "train" and v.meta["domains"] == ["F", "M"]
+    # the stored logits are the teacher's predictions
+    teacher_pred = TeacherLabelStore(store).reader().logits
+    assert teacher_pred.std() > 0.3
+    student = make_config(ml_gender, train={"epochs": 2},
+                          distill={"teacher_labels": "latest", "store": str(store), "mode": "aux", "weight": 0.5})
+    metrics = train(student, tmp_path / "student")
+    assert 0.7 < metrics["auc"] < 0.85 and set(metrics["domains"]) == {"F", "M"}
+    run = json.loads((tmp_path / "student" / "run.json").read_text())
+    assert run["teacher_labels"] == v.name
+    # the served (eval) output is the hard head alone; training adds the auxiliary logit
+    layout = feature_layout(load_spec(ml_gender), student.model, student.baseline)
+    m = AuxHeadCTRModel(layout, student.model, device="cpu")
+    batch = next(layout.reader(ml_gender).batches("test", batch_size=64, shuffle=False))
+    both = m.train()(batch.sparse, batch.dense, batch.domain)
+    served = m.eval()(batch.sparse, batch.dense, batch.domain)
+    assert both.shape == (64, 2) and served.shape == (64,)
+    torch.testing.assert_close(served, both[:, 0])
+    assert not torch.allclose(both[:, 0], both[:, 1])
+
+
+def test_labels_of_another_dataset_are_refused(ml_gender, make_config, tmp_path):
+    store = TeacherLabelStore(tmp_path / "labels")
+    store.write([_part(range(10))], {"data_fingerprint": "not-this-data"})
+    cfg = make_config(ml_gender, distill={"store": str(tmp_path / "labels")})
+    with pytest.raises(ValueError, match="label another dataset"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
