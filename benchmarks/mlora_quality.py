@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from mdctr.adapters.run import MLoRATrainConfig, load_config, train
 from mdctr.platform.config import TrainConfig
+from seed_table import summarise
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ["shared", "shared_domain_feature", "separate", "mlora_joint", "mlora_two_phase"]
@@ -65,19 +65,7 @@ def main() -> int:
                     print(f"{ds:<17}{mode:<23}seed {seed}  WAUC {m['wauc']:.4f}  AUC {m['auc']:.4f}  "
                           f"({time.perf_counter() - t0:.0f} s)", flush=True)
                 results[ds][mode] = runs
-    summary: dict = {}
-    for ds, by_mode in results.items():
-        domains = list(next(iter(by_mode.values()))[0]["domains"])
-        print(f"\n== {ds}: per-domain test AUC (mean over seeds {args.seeds}) and WAUC (mean +- std)")
-        print(f"{'mode':<23}" + "".join(f"{d[:9]:>10}" for d in domains) + f"{'WAUC':>18}")
-        summary[ds] = {}
-        for mode, runs in by_mode.items():
-            waucs = [r["wauc"] for r in runs]
-            mean, std = statistics.mean(waucs), statistics.stdev(waucs) if len(waucs) > 1 else 0.0
-            per = [statistics.mean(r["domains"][d]["auc"] for r in runs) for d in domains]
-            print(f"{mode:<23}" + "".join(f"{a:>10.4f}" for a in per) + f"{mean:>11.4f} +- {std:.4f}")
-            summary[ds][mode] = {"wauc_mean": round(mean, 5), "wauc_std": round(std, 5),
-                                 "domain_auc_mean": {d: round(a, 5) for d, a in zip(domains, per)}}
+    summary = summarise(results, args.seeds)
     compact = {ds: {m: {k: v[k] for k in ("wauc_mean", "wauc_std")} for m, v in modes.items()}
                for ds, modes in summary.items()}
     print(json.dumps(compact))

@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 import torch
+from pydantic import model_validator
 from torch import nn
 
 from mdctr.adapters.model import (
@@ -36,6 +37,13 @@ log = logging.getLogger("mdctr.train")
 
 class MLoRATrainConfig(TrainConfig):
     adapters: AdapterConfig = AdapterConfig()
+
+    @model_validator(mode="after")
+    def _no_distill(self) -> "MLoRATrainConfig":
+        if self.distill is not None:
+            raise ValueError("distill: is not supported together with adapters: yet (train a distilled "
+                             "backbone, then fine-tune adapters on it)")
+        return self
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -23,7 +23,7 @@ from mdctr.platform.config import DistillConfig
 from mdctr.platform.distill import AuxHeadCTRModel, TeacherJoin, distill_loss
 from mdctr.platform.labelling import write_labels
 from mdctr.platform.model import feature_layout
-from mdctr.platform.run import train
+from mdctr.platform.run import evaluate, train
 from mdctr.platform.stores.labels import TeacherLabelStore
 
 DAY = 86_400
@@ -155,6 +155,9 @@ def test_teacher_labels_then_student(ml_gender, make_config, tmp_path):
     assert 0.7 < metrics["auc"] < 0.85 and set(metrics["domains"]) == {"F", "M"}
     run = json.loads((tmp_path / "student" / "run.json").read_text())
     assert run["teacher_labels"] == v.name
+    # evaluate rebuilds the student (with its auxiliary head) and scores the served head
+    again = evaluate(tmp_path / "student", ml_gender, split="test")
+    assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
     # the served (eval) output is the hard head alone; training adds the auxiliary logit
     layout = feature_layout(load_spec(ml_gender), student.model, student.baseline)
     m = AuxHeadCTRModel(layout, student.model, device="cpu")

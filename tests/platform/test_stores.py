@@ -53,7 +53,7 @@ def test_months_latest_replace_and_gc(tmp_path):
     assert store.gc(keep=2) == ["1997-10", "1997-11"]
     assert store.months() == ["1997-12", "1998-01"]
     assert len(list((tmp_path / "data").iterdir())) == 2
-    with pytest.raises(KeyError, match="no version '1997-10'"):
+    with pytest.raises(ValueError, match="no version .1997-10."):
         store.lookup("1997-10", "user", ids)
 
 

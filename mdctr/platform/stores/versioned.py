@@ -77,7 +77,7 @@ class VersionedStore:
         for v in self.versions():
             if v.name == name:
                 return v
-        raise KeyError(f"{self.root}: no version '{name}' (has {[v.name for v in self.versions()]})")
+        raise ValueError(f"{self.root}: no version '{name}' (has {[v.name for v in self.versions()]})")
 
     def names(self) -> list[str]:
         return [v.name for v in self.versions()]

@@ -1,0 +1,50 @@
+"""``mdctr labels ...`` as a user runs it: write, list, show, gc, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mdctr.domains.config_io import dump_model
+from mdctr.platform.run import train
+
+MDCTR = str(Path(sys.executable).parent / "mdctr")
+
+
+def _mdctr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([MDCTR, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_labels_cli(ml_gender, make_config, tmp_path):
+    train(make_config(ml_gender, train={"epochs": 1}), tmp_path / "teacher")
+    for _ in range(2):
+        proc = _mdctr("labels", "write", "--teacher", "teacher", "--data", str(ml_gender), "--split", "valid",
+                      cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("wrote ") and "10,019 labels of ['F', 'M']" in proc.stdout
+    listed = _mdctr("labels", "list", cwd=tmp_path).stdout.splitlines()
+    assert len(listed) == 2 and all("split valid" in line for line in listed)
+    shown = json.loads(_mdctr("labels", "show", "latest", cwd=tmp_path).stdout)
+    assert shown["version"] == listed[1].split()[0] and shown["rows"] == 10_019
+    assert shown["date_range"] == ["1997-09-20", "1998-04-22"] and shown["teacher_dir"].endswith("teacher")
+    gc = _mdctr("labels", "gc", "--keep", "1", cwd=tmp_path)
+    assert gc.stdout.startswith("removed 1 version(s): " + listed[0].split()[0])
+    # a student config naming the labels trains from them
+    student = make_config(ml_gender, train={"epochs": 1}, distill={"store": str(tmp_path / "runs/labels")})
+    dump_model(student, tmp_path / "student.yaml")
+    proc = _mdctr("train", "--config", "student.yaml", "--out", "student", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "student" / "metrics.json").read_text())["auc"] > 0.7
+    for args, fragment in [
+        (("labels", "write", "--teacher", "nowhere", "--data", str(ml_gender)), "not a finished run"),
+        (("labels", "show", "20990101-000000-000000-beef"), "no version '20990101-000000-000000-beef'"),
+        (("labels", "gc", "--keep", "-1"), "keep must be >= 0"),
+    ]:
+        proc = _mdctr(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], (args, proc.stderr)
