@@ -105,3 +105,19 @@ def test_store_kinds_do_not_mix(tmp_path):
         pass
     with pytest.raises(ValueError, match="not a tpm-embeddings store"):
         EmbeddingStore(tmp_path).months()
+
+
+@pytest.mark.parametrize("span", [2, 1000])  # dense keys (direct table) and sparse keys (sorted search)
+def test_id_index_matches_a_dictionary(span):
+    from mdctr.platform.stores.index import IdIndex
+    rng = np.random.default_rng(span)
+    keys = rng.choice(5000 * span, size=5000, replace=False).astype(np.int64) - 7
+    index = IdIndex(keys)
+    assert (index._table is not None) == (span == 2)
+    query = np.concatenate([rng.choice(keys, 3000), rng.integers(-100, 5000 * span + 100, 3000)])
+    pos, found = index.find(query)
+    where = {int(k): i for i, k in enumerate(keys)}
+    assert found.tolist() == [int(q) in where for q in query]
+    assert (pos[found] == [where[int(q)] for q in query[found]]).all() and not pos[~found].any()
+    empty_pos, empty_found = IdIndex(np.empty(0, np.int64)).find(query[:5])
+    assert not empty_found.any() and not empty_pos.any()

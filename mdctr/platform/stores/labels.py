@@ -17,8 +17,9 @@ Rules (on top of the versioned store's):
   is the newest version, ``latest`` with ``at_or_before=D`` the newest whose labelled data
   ends before D (so a student of date D never reads labels of later data).
 - Example ids are unique within a version (a duplicate is refused at write).
-- Readers load a version's ``example_id`` and ``teacher_logit`` columns once (sorted
-  arrays, ~12 bytes a label) and answer batch lookups by binary search.
+- Readers load a version's ``example_id`` and ``teacher_logit`` columns once (~12 bytes a
+  label, plus an :class:`~mdctr.platform.stores.index.IdIndex`) and answer batch lookups
+  from memory.
 
 DuckDB reads the committed files directly::
 
@@ -38,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mdctr.platform.stores.index import IdIndex
 from mdctr.platform.stores.versioned import Version, VersionedStore
 
 SCHEMA = pa.schema([("example_id", pa.int64()), ("teacher_logit", pa.float32()), ("domain", pa.string()),
@@ -53,21 +55,16 @@ class LabelReader:
         ids = np.concatenate([p.column("example_id").to_numpy() for p in parts]) if parts else np.empty(0, np.int64)
         logits = (np.concatenate([p.column("teacher_logit").to_numpy() for p in parts]) if parts
                   else np.empty(0, np.float32))
-        order = np.argsort(ids, kind="stable")
-        self.ids, self.logits = ids[order], logits[order].astype(np.float32)
+        self.ids, self.logits = ids, logits.astype(np.float32)
+        self.index = IdIndex(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def lookup(self, example_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(teacher_logit (B,) float32, found (B,) bool)``; missing ids get 0 and False."""
-        q = np.asarray(example_ids, dtype=np.int64)
-        if not len(self.ids):
-            return np.zeros(len(q), np.float32), np.zeros(len(q), bool)
-        pos = np.searchsorted(self.ids, q)
-        pos_c = np.minimum(pos, len(self.ids) - 1)
-        found = self.ids[pos_c] == q
-        return np.where(found, self.logits[pos_c], 0.0).astype(np.float32), found
+        pos, found = self.index.find(example_ids)
+        return np.where(found, self.logits[pos], 0.0).astype(np.float32), found
 
 
 class TeacherLabelStore:
