@@ -146,3 +146,16 @@ def test_actr_never_sees_its_own_date(ads_data, pipeline_config, tmp_path, ran):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # ...while its next-day evaluation (the poisoned day itself) does see the change
     assert actr2.metrics["next_day"]["auc"] < 0.5 < actr.metrics["next_day"]["auc"]
+
+
+@pytest.mark.slow
+def test_stages_at_world_size_two(ads_data, pipeline_config, tmp_path, ran):
+    """Two gloo processes per stage: the same windows and lineage, the TPM snapshot read back
+    from a sharded checkpoint, and next-day AUC close to the one-process run's."""
+    _, (tpm1, _, actr1) = ran
+    cfg = pipeline_config(ads_data, tmp_path / "store").model_copy(update={"world_size": 2})
+    tpm, cpm, actr = _run_all(Pipeline(cfg))
+    assert actr.inputs == {"cpm": cpm.version_id, "tpm_months": ["2024-03"], "tpm_versions": [tpm.version_id]}
+    assert (tpm.rows, actr.rows) == (tpm1.rows, actr1.rows) and tpm.inputs["user_rows"] == tpm1.inputs["user_rows"]
+    assert actr.metrics["next_day"]["n"] == actr1.metrics["next_day"]["n"]
+    assert abs(actr.metrics["next_day"]["auc"] - actr1.metrics["next_day"]["auc"]) < 0.05
