@@ -30,7 +30,7 @@ from mdctr.platform.labelling import write_labels
 from mdctr.platform.model import CTRModel, feature_layout
 from mdctr.platform.quiet import quiet_library_warnings
 from mdctr.platform.run import train
-from seed_table import summarise
+from _seed_table import summarise
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"teacher": "configs/movielens_gender_teacher.yaml", "student": "configs/movielens_gender_shared.yaml",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mdctr.adapters.run import MLoRATrainConfig, load_config, train
 from mdctr.platform.config import TrainConfig
-from seed_table import summarise
+from _seed_table import summarise
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ["shared", "shared_domain_feature", "separate", "mlora_joint", "mlora_two_phase"]
