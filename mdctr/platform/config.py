@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import date
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -107,6 +108,8 @@ class DistillConfig(StrictModel):
 
     #: a label version name, or "latest"
     teacher_labels: str = "latest"
+    #: with "latest": the newest version whose labelled data ends before this date
+    labels_before: date | None = None
     #: the teacher-label store directory
     store: str = "runs/labels"
     mode: Literal["aux", "direct"] = "aux"

@@ -105,7 +105,8 @@ def _train_worker(rank: int, world_size: int, cfg: TrainConfig, data_dir: Path, 
 
 def teacher_labels(cfg: TrainConfig, spec: DatasetSpec, data_dir: Path) -> LabelReader:
     """The label version a distilling config names, checked to label this dataset."""
-    version = TeacherLabelStore(cfg.distill.store).resolve(cfg.distill.teacher_labels)
+    version = TeacherLabelStore(cfg.distill.store).resolve(cfg.distill.teacher_labels,
+                                                           at_or_before=cfg.distill.labels_before)
     if version.meta.get("data_fingerprint") != spec.fingerprint:
         raise DataContractError(f"teacher labels {version.name} label another dataset "
                                 f"({version.meta.get('data_dir')}), not this one", file=data_dir / "dataset.yaml")

@@ -176,3 +176,11 @@ def test_labels_of_another_dataset_are_refused(ml_gender, make_config, tmp_path)
     with pytest.raises(ValueError, match="label another dataset"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_labels_before_a_date_that_has_none(ml_gender, make_config, tmp_path):
+    TeacherLabelStore(tmp_path / "labels").write([_part(range(10))], {})  # data of 2023-11
+    cfg = make_config(ml_gender, distill={"store": str(tmp_path / "labels"), "labels_before": "2020-01-01"})
+    with pytest.raises(ValueError, match="no teacher-label version with data before 2020-01-01"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
