@@ -75,7 +75,9 @@ def replay(pipeline: Pipeline, start: date, end: date, *, out: str | Path | None
         rows.append({"date": day.isoformat(), "actr_version": rec.version_id, "cpm_version": rec.inputs.get("cpm"),
                      "tpm_months": " ".join(rec.inputs.get("tpm_months", [])), "train_rows": rec.rows,
                      "next_day_rows": nd.get("n"), "next_day_auc": nd.get("auc"), "next_day_logloss": nd.get("logloss")})
-        pipeline.lineage.set_evaluation(rec.version_id, "next_day", (day.isoformat(), (day + timedelta(days=1)).isoformat()), nd)
+        if "next_day" not in rec.metrics:
+            log.warning("%s was created without a next-day evaluation (pipeline run without "
+                        "--evaluate-next-day): no AUC for %s", rec.version_id, day)
         f = Path(rec.path) / "next_day.parquet"
         if f.exists():
             t = pq.read_table(f)

@@ -228,7 +228,11 @@ class Pipeline:
             raise
         if stage == "tpm":
             self.embeddings.gc(keep=self.cfg.tpm.keep)
-        return self.lineage.record(rec), True
+        stored = self.lineage.record(rec)
+        if plan.evaluate is not None:
+            self.lineage.set_evaluation(vid, "next_day", (_iso(plan.evaluate[0]), _iso(plan.evaluate[1])),
+                                        metrics["next_day"])
+        return stored, True
 
     def _record(self, final: Path) -> VersionRecord:
         raw = _read_json(final / "stage.json")
