@@ -20,6 +20,11 @@ or after D reaches it. Layout under the config's ``store``::
   ``actr.init_exclude``), takes the last K TPM snapshots at or before D, fine-tunes on the
   ad rows of the last ``actr.window_days``.
 
+A stage whose ``train`` section has ``validation: true`` (TPM, CPM by default) trains on
+its window's train part and early-stops on the window's valid part; with ``validation:
+false`` (A-CTR by default: a day of ad rows leaves no room for a hold-out) it trains on
+every row of the window and keeps the last epoch.
+
 Re-running a stage for a date whose version is recorded returns that version untouched.
 """
 
@@ -306,7 +311,8 @@ def _train_stage(rank: int, world_size: int, plan: StagePlan, out: Path) -> None
         model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
         reader = layout.reader(data_dir)
     trainer = Trainer(cfg, reader, layout, out / "checkpoints", rank=rank, world_size=world_size, device=device,
-                      model=model, window=plan.window, transform=transform, progress=False)
+                      model=model, window=plan.window, transform=transform, progress=False,
+                      train_split="train" if cfg.train.validation else None)
     if plan.init_from is not None:
         ckpt.load(trainer.model, None, plan.init_from,
                   exclude=lambda name: any(p in name for p in plan.init_exclude))

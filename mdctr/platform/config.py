@@ -92,8 +92,8 @@ class TrainLoopConfig(StrictModel):
     domains: list[str] | None = None
     #: background batches prepared ahead of the model (0: none)
     prefetch: int = Field(default=1, ge=0)
-    #: validate each epoch and keep the best (early stopping); False trains on every
-    #: selected row for ``epochs`` epochs and keeps the last (for tiny, frequent windows)
+    #: validate each epoch and keep the best (early stopping); False trains ``epochs``
+    #: epochs and keeps the last (for tiny, frequent windows with no room for a hold-out)
     validation: bool = True
 
 

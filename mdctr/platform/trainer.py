@@ -63,9 +63,10 @@ class Trainer:
         window: train and evaluate only rows with ``lo <= ts < hi`` (either end may be None).
         transform: applied to every batch on the data thread, before the model sees it
             (e.g. to join features looked up by id).
+        train_split: the split trained on (``None``: every row of the selection, e.g. a
+            time window that has no held-out part).
 
-    With ``cfg.train.validation`` off, the trainer trains on every selected row (no split),
-    validates nothing and keeps the last epoch.
+    With ``cfg.train.validation`` off, the trainer validates nothing and keeps the last epoch.
     """
 
     def __init__(self, cfg: TrainConfig, reader: DatasetReader, layout: FeatureLayout, ckpt_dir: Path, *,
@@ -74,7 +75,7 @@ class Trainer:
                  trainable: Callable[[str], bool] | None = None, loss_fn: LossFn = bce_loss,
                  domain_map: torch.Tensor | None = None, group_domains: bool = False, progress: bool = True,
                  window: tuple[int | None, int | None] | None = None,
-                 transform: Callable[[Batch], Batch] | None = None):
+                 transform: Callable[[Batch], Batch] | None = None, train_split: str | None = "train"):
         self.cfg, self.reader, self.layout = cfg, reader, layout
         self.ckpt_dir = Path(ckpt_dir)
         self.rank, self.world_size, self.device = rank, world_size, device
@@ -96,7 +97,7 @@ class Trainer:
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, self.dense_opt])
         self.transform = transform
         self.validation = cfg.train.validation
-        self.train_split = "train" if self.validation else None
+        self.train_split = train_split
         self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=self.domains,
                               ts_range=window)
 
