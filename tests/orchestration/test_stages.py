@@ -99,6 +99,9 @@ def test_actr_starts_from_the_cpm(ads_data, pipeline_config, tmp_path, ran):
     w = "tower.mlp.layers.0.weight"
     assert not torch.equal(a[w], c[w])
     assert (a[w] - c[w]).norm() < 0.5 * (s[w] - c[w]).norm()
+    # ...except the output head (actr.init_exclude), which starts fresh as in the scratch model
+    h = "tower.mlp.head.weight"
+    assert (a[h] - s[h]).norm() < (a[h] - c[h]).norm()
     assert scratch.inputs["cpm"] is None
 
 
