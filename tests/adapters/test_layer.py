@@ -105,3 +105,41 @@ def test_unknown_domain_index_is_an_error():
     ctx, _ = make_layer()
     with pytest.raises(ValueError, match="domain index 3 has no name"):
         ctx.set(torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_grouped_gradients_match_the_per_example_formula(grouped):
+    ctx, layer = make_layer()
+    randomise(layer)
+    x = torch.randn(40, 10, requires_grad=True)
+    domain = torch.randint(0, 3, (40,))
+    if grouped:
+        domain = domain.sort().values
+    ctx.set(domain)
+    weights = torch.randn(40, 8)
+    (layer(x) * weights).sum().backward()
+    # reference: the formula row by row, with plain autograd
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters()}
+    x2 = x.detach().clone().requires_grad_(True)
+    rows = [x2[i] @ params["weight"].T + params["bias"]
+            + x2[i] @ params[f"lora_A.{NAMES[d]}"] @ params[f"lora_B.{NAMES[d]}"] + params[f"lora_bias.{NAMES[d]}"]
+            for i, d in enumerate(domain.tolist())]
+    (torch.stack(rows) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(p.grad, params[n].grad, rtol=1e-5, atol=1e-5, msg=n)
+
+
+def test_frozen_adapters_get_no_gradient_and_missing_adapters_add_nothing():
+    ctx, layer = make_layer()
+    randomise(layer)
+    layer.lora_A["a"].requires_grad_(False)
+    layer.lora_B["a"].requires_grad_(False)
+    del layer.lora_A["c"], layer.lora_B["c"], layer.lora_bias["c"]  # domain c has no adapter
+    x = torch.randn(9, 10)
+    ctx.set(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+    out = layer(x)
+    torch.testing.assert_close(out[6:], nn.functional.linear(x[6:], layer.weight, layer.bias))
+    out.sum().backward()
+    assert layer.lora_A["a"].grad is None and layer.lora_B["a"].grad is None
+    assert layer.lora_bias["a"].grad is not None and layer.lora_A["b"].grad.abs().sum() > 0
