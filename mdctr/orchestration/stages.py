@@ -132,10 +132,9 @@ class Pipeline:
         by_month: dict[str, VersionRecord] = {}
         for rec in self.lineage.list("tpm", config_hash=self.cfg.stage_hash("tpm"), at_or_before=day.isoformat()):
             by_month[rec.inputs["month"]] = rec  # the latest run of each month wins
-        usable = []
-        for month, rec in sorted(by_month.items()):
-            if month in self.embeddings.months() and self.embeddings.meta(month).get("version_id") == rec.version_id:
-                usable.append((month, rec.version_id))
+        stored = {v.name: v.meta.get("version_id") for v in self.embeddings.versions.versions()}
+        usable = [(month, rec.version_id) for month, rec in sorted(by_month.items())
+                  if stored.get(month) == rec.version_id]
         usable = usable[-self.cfg.tpm.keep:]
         return [m for m, _ in usable], [v for _, v in usable]
 

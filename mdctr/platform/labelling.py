@@ -23,6 +23,7 @@ from mdctr.domains.spec import load_spec
 from mdctr.domains.validate import validate_dataset
 from mdctr.platform.distributed import launch
 from mdctr.platform.run import load_run, run_identity, run_predictions, setup_logging
+from mdctr.platform.stores.index import IdIndex
 from mdctr.platform.stores.labels import TeacherLabelStore
 from mdctr.platform.stores.versioned import Version
 
@@ -42,17 +43,15 @@ def _parts(preds: pa.Table, data_dir: Path) -> Iterator[pa.Table]:
     """The predictions with each row's ``ts`` and domain name, ``PART_ROWS`` at a time."""
     spec = load_spec(data_dir)
     cols = [pq.read_table(data_dir / f, columns=["example_id", "ts"]) for f in spec.files]
-    ids = np.concatenate([c.column("example_id").to_numpy() for c in cols])
+    index = IdIndex(np.concatenate([c.column("example_id").to_numpy() for c in cols]))
     ts = np.concatenate([c.column("ts").to_numpy() for c in cols])
-    order = np.argsort(ids, kind="stable")
-    ids, ts = ids[order], ts[order]
     names = np.array(spec.domain_names, dtype=object)
     for lo in range(0, preds.num_rows, PART_ROWS):
         part = preds.slice(lo, PART_ROWS)
         eid = part.column("example_id").to_numpy()
         yield pa.table({"example_id": eid, "teacher_logit": part.column("teacher_logit"),
                         "domain": pa.array(names[part.column("domain").to_numpy()], pa.string()),
-                        "ts": ts[np.searchsorted(ids, eid)]})
+                        "ts": ts[index.find(eid)[0]]})
 
 
 def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, split: str | None = "train",
