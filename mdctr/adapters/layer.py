@@ -20,7 +20,7 @@ never over examples.
 >>> layer = MLoRALinear.from_linear(torch.nn.Linear(6, 4), ctx, ["F", "M"], rank=2)
 >>> x = torch.randn(5, 6)
 >>> ctx.set(torch.tensor([0, 1, 1, 0, 1]))
->>> bool(torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)))
+>>> torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
 True
 """
 
@@ -72,47 +72,111 @@ class RoutingContext:
         self.routing = Routing(single=None, order=order, inverse=inverse, counts=counts)
 
 
-class _GroupedDelta(torch.autograd.Function):
-    """Every domain's adapter product of a domain-grouped batch as one autograd node.
+def _rows_times(x: torch.Tensor, w: torch.Tensor, groups: list) -> torch.Tensor:
+    """``out[lo:hi] = x[lo:hi] @ w[i]`` for every group ``i``.
 
-    ``forward(x, out_features, bounds, A_0, B_0, b_0, A_1, ...)``: rows ``bounds[i]`` of
-    ``x`` get ``x A_i B_i + b_i`` (rows of domains without an adapter get 0). Forward and
-    backward write each domain's GEMM straight into its slice of the output (``out=``), so
-    a step costs the GEMMs and nothing else: no per-domain autograd nodes, splits or concats.
+    (torch's ``grouped_mm`` does the same on CPU at the same speed, with alignment and dtype
+    restrictions, so the loop it is.)
+    """
+    out = x.new_empty(x.shape[0], w.shape[-1])
+    for i, (lo, hi, _) in enumerate(groups):
+        torch.mm(x[lo:hi], w[i], out=out[lo:hi])
+    return out
+
+
+def _outer_per_group(g: torch.Tensor, x: torch.Tensor, groups: list) -> torch.Tensor:
+    """``G[i] = g[lo:hi]^T x[lo:hi]`` for every group ``i``, (groups, g cols, x cols)."""
+    out = g.new_empty(len(groups), g.shape[1], x.shape[1])
+    for i, (lo, hi, _) in enumerate(groups):
+        torch.mm(g[lo:hi].t(), x[lo:hi], out=out[i])
+    return out
+
+
+class _RoutedLinear(torch.autograd.Function):
+    """The whole adapted layer of a domain-grouped batch as one autograd node.
+
+    ``forward(x, weight, bias, groups, A_0, B_0, b_0, A_1, ...)``; ``groups`` lists
+    ``(lo, hi, k)`` covering the rows in order: rows ``lo:hi`` belong to one domain whose
+    adapter is triple ``k`` of the params (``None``: no adapter, the plain base layer).
+
+    Each domain's rows are computed with its merged weight, ``x (W^T + A_d B_d) + b + b_d``:
+    the same FLOPs and activation traffic as the base layer, plus ``in x r x out`` per domain
+    for the merge. Backward reuses that: with
+    ``G_d = g_d^T x_d`` (the domain's share of the weight gradient, which the base computes
+    anyway) the adapter gradients are small products of weights,
+    ``dA_d = (B_d G_d)^T`` and ``dB_d = A_d^T G_d^T``; ``dx_d = g_d (W + (A_d B_d)^T)``. The
+    low-rank path ``(x A_d) B_d`` instead costs about ten extra passes over the activations
+    (one per small GEMM or add), which dominated the step on CPU (benchmarks/adapter_overhead.py).
     """
 
     @staticmethod
-    def forward(ctx, x, out_features, bounds, *params):
-        covered = sum(hi - lo for lo, hi in bounds) == x.shape[0]
-        out = x.new_empty(x.shape[0], out_features) if covered else x.new_zeros(x.shape[0], out_features)
-        hs = []
-        for i, (lo, hi) in enumerate(bounds):
-            a, b, bias = params[3 * i: 3 * i + 3]
-            h = torch.mm(x[lo:hi], a)
-            torch.addmm(bias, h, b, out=out[lo:hi])
-            hs.append(h)
-        ctx.bounds = bounds
-        ctx.save_for_backward(x, *params, *hs)
+    def forward(ctx, x, weight, bias, groups, *params):
+        n_groups = len(groups)
+        # adapted groups by rank; each rank's merges are one batched GEMM (a domain's result
+        # does not depend on which others share the call: checked in tests/adapters)
+        blocks: dict[int, tuple[list[int], list[int]]] = {}
+        for i, (_, _, k) in enumerate(groups):
+            if k is not None:
+                pos, ks = blocks.setdefault(params[3 * k].shape[1], ([], []))
+                pos.append(i)
+                ks.append(k)
+        stacks = []
+        for pos, ks in blocks.values():
+            a_s = torch.stack([params[3 * k] for k in ks])  # (n, in, r)
+            b_s = torch.stack([params[3 * k + 1] for k in ks])  # (n, r, out)
+            stacks.append((pos, ks, a_s, b_s))
+        if len(stacks) == 1 and len(stacks[0][0]) == n_groups:  # the common case: no copies
+            _, _, a_s, b_s = stacks[0]
+            merged = torch.baddbmm(weight.expand(n_groups, *weight.shape), b_s.transpose(1, 2), a_s.transpose(1, 2))
+        else:
+            merged = weight.expand(n_groups, *weight.shape).clone()
+            for pos, _, a_s, b_s in stacks:
+                merged[pos] = torch.baddbmm(weight.expand(len(pos), *weight.shape), b_s.transpose(1, 2),
+                                            a_s.transpose(1, 2))
+        out = _rows_times(x, merged.transpose(1, 2), groups)  # (W + (A_d B_d)^T) is (out, in) per group
+        adds = [bias if k is None else (params[3 * k + 2] if bias is None else bias + params[3 * k + 2])
+                for _, _, k in groups]
+        for rows, c in zip(out.split([hi - lo for lo, hi, _ in groups]), adds):
+            if c is not None:
+                rows.add_(c)
+        ctx.groups, ctx.blocks = groups, [(pos, ks) for pos, ks, _, _ in stacks]
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, merged, *[t for _, _, a_s, b_s in stacks for t in (a_s, b_s)])
+        ctx.n_params = len(params)
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, *saved = ctx.saved_tensors
-        k = len(ctx.bounds)
-        params, hs = saved[: 3 * k], saved[3 * k:]
+        x, merged, *stacked = ctx.saved_tensors
+        groups = ctx.groups
         need = ctx.needs_input_grad
-        gx = torch.zeros_like(x) if need[0] else None
-        grads: list[torch.Tensor | None] = []
-        for i, (lo, hi) in enumerate(ctx.bounds):
-            a, b, _ = params[3 * i: 3 * i + 3]
-            g = grad[lo:hi]
-            gh = torch.mm(g, b.t())
-            if gx is not None:
-                torch.mm(gh, a.t(), out=gx[lo:hi])
-            grads += [torch.mm(x[lo:hi].t(), gh) if need[3 + 3 * i] else None,
-                      torch.mm(hs[i].t(), g) if need[4 + 3 * i] else None,
-                      g.sum(0) if need[5 + 3 * i] else None]
-        return (gx, None, None, *grads)
+        grad = grad.contiguous()
+        gx = _rows_times(grad, merged, groups) if need[0] else None
+        grads: list[torch.Tensor | None] = [None] * ctx.n_params
+        need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for _, ks in ctx.blocks for k in ks)
+        gw = None
+        if need[1] or need_ab:
+            gt = _outer_per_group(grad, x, groups)  # G_d^T per group, (K, out, in)
+            gw = gt.sum(0) if need[1] else None
+            if need_ab:
+                for (pos, ks), a_s, b_s in zip(ctx.blocks, stacked[0::2], stacked[1::2]):
+                    g_s = gt if len(pos) == len(groups) else gt[pos]
+                    g_a = torch.bmm(b_s, g_s).transpose(1, 2).contiguous()  # G_d B_d^T, (n, in, r)
+                    g_b = torch.bmm(a_s.transpose(1, 2), g_s.transpose(1, 2))  # A_d^T G_d, (n, r, out)
+                    for j, k in enumerate(ks):
+                        grads[3 * k] = g_a[j] if need[4 + 3 * k] else None
+                        grads[3 * k + 1] = g_b[j] if need[5 + 3 * k] else None
+        need_bias = ctx.has_bias and need[2]
+        n_bd = [k is not None and need[6 + 3 * k] for _, _, k in groups]
+        gbias = None
+        if need_bias or any(n_bd):
+            sums = [rows.sum(0) for rows in grad.split([hi - lo for lo, hi, _ in groups])]
+            gbias = torch.stack(sums).sum(0) if need_bias else None
+            for i, (_, _, k) in enumerate(groups):
+                if n_bd[i]:
+                    grads[3 * k + 2] = sums[i]
+        return (gx, gw, gbias, None, *grads)
 
 
 class MLoRALinear(nn.Linear):
@@ -161,11 +225,7 @@ class MLoRALinear(nn.Linear):
         self.lora_bias[domain] = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype))
         self.ranks[domain] = r
 
-    def delta(self, domain: str, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.lora_bias[domain], x @ self.lora_A[domain], self.lora_B[domain])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = nn.functional.linear(x, self.weight, self.bias)
         routing = self.context.routing
         if routing is None:
             raise RuntimeError("MLoRALinear called without a domain routing (use the adapted model's forward)")
@@ -173,20 +233,25 @@ class MLoRALinear(nn.Linear):
         if self.merged is not None:
             if routing.single is None or names[routing.single] != self.merged:
                 raise ValueError(f"this layer has domain '{self.merged}' merged and serves only that domain")
-            return base
-        if routing.single is not None:
-            name = names[routing.single]
-            return base + self.delta(name, x) if name in self.lora_A else base
+            return nn.functional.linear(x, self.weight, self.bias)
+        if routing.single is not None:  # one domain: the same node with a single slice
+            counts = [0] * len(names)
+            counts[routing.single] = x.shape[0]
+        else:
+            counts = routing.counts
         xs = x if routing.order is None else x.index_select(0, routing.order)
-        bounds, params, lo = [], [], 0
-        for idx, n in enumerate(routing.counts):
-            name = names[idx]
-            if n and name in self.lora_A:
-                bounds.append((lo, lo + n))
-                params += [self.lora_A[name], self.lora_B[name], self.lora_bias[name]]
+        groups, params, lo = [], [], 0
+        for idx, n in enumerate(counts):
+            if n:
+                name = names[idx]
+                k = None
+                if name in self.lora_A:
+                    k = len(params) // 3
+                    params += [self.lora_A[name], self.lora_B[name], self.lora_bias[name]]
+                groups.append((lo, lo + n, k))
             lo += n
-        delta = _GroupedDelta.apply(xs, self.out_features, bounds, *params)
-        return base + (delta if routing.inverse is None else delta.index_select(0, routing.inverse))
+        out = _RoutedLinear.apply(xs, self.weight, self.bias, groups, *params)
+        return out if routing.inverse is None else out.index_select(0, routing.inverse)
 
     # -- serving -------------------------------------------------------------------------
     @torch.no_grad()

@@ -7,10 +7,10 @@ from mdctr.adapters.layer import MLoRALinear, RoutingContext
 NAMES = ["a", "b", "c"]
 
 
-def make_layer(alpha=4, rank=None, seed=0):
+def make_layer(alpha=4, rank=None, seed=0, in_features=10):
     torch.manual_seed(seed)
     ctx = RoutingContext(NAMES)
-    layer = MLoRALinear.from_linear(nn.Linear(10, 8), ctx, NAMES, alpha=alpha, rank=rank)
+    layer = MLoRALinear.from_linear(nn.Linear(in_features, 8), ctx, NAMES, alpha=alpha, rank=rank)
     return ctx, layer
 
 
@@ -28,7 +28,12 @@ def test_fresh_adapters_change_nothing_and_share_base_weights():
     assert layer.weight is base.weight and layer.bias is base.bias
     x = torch.randn(32, 10)
     ctx.set(torch.randint(0, 3, (32,)))
-    assert torch.equal(layer(x), base(x))
+    # each domain's rows go through its merged weight W + A B (= W exactly when B = 0) in
+    # their own GEMM, so only the GEMM's float summation order differs from the full-batch one
+    torch.testing.assert_close(layer(x), base(x), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        merged = torch.addmm(layer.weight, layer.lora_B["a"].t(), layer.lora_A["a"].t())
+    assert torch.equal(merged, layer.weight)
     assert set(layer.state_dict()) >= {"weight", "bias", "lora_A.a", "lora_B.c", "lora_bias.b"}
 
 
@@ -41,10 +46,10 @@ def test_rank_rule_and_override():
     assert layer.lora_A["a"].shape == (10, 5) and layer.lora_B["a"].shape == (5, 8)
 
 
-def test_mixed_batch_matches_per_example_formula():
-    ctx, layer = make_layer()
+def test_mixed_batch_matches_per_example_formula(in_features=10):
+    ctx, layer = make_layer(in_features=in_features)
     randomise(layer)
-    x = torch.randn(50, 10)
+    x = torch.randn(50, in_features)
     domain = torch.randint(0, 3, (50,))
     ctx.set(domain)
     out = layer(x)
@@ -108,10 +113,14 @@ def test_unknown_domain_index_is_an_error():
 
 
 @pytest.mark.parametrize("grouped", [True, False])
-def test_grouped_gradients_match_the_per_example_formula(grouped):
-    ctx, layer = make_layer()
+@pytest.mark.parametrize("mixed_ranks", [False, True])
+def test_grouped_gradients_match_the_per_example_formula(grouped, mixed_ranks, in_features=10):
+    ctx, layer = make_layer(in_features=in_features)
+    if mixed_ranks:  # a domain onboarded later with its own rank
+        del layer.lora_A["b"], layer.lora_B["b"], layer.lora_bias["b"]
+        layer.add_adapter("b", rank=3)
     randomise(layer)
-    x = torch.randn(40, 10, requires_grad=True)
+    x = torch.randn(40, in_features, requires_grad=True)
     domain = torch.randint(0, 3, (40,))
     if grouped:
         domain = domain.sort().values
@@ -130,16 +139,38 @@ def test_grouped_gradients_match_the_per_example_formula(grouped):
         torch.testing.assert_close(p.grad, params[n].grad, rtol=1e-5, atol=1e-5, msg=n)
 
 
-def test_frozen_adapters_get_no_gradient_and_missing_adapters_add_nothing():
-    ctx, layer = make_layer()
+def test_frozen_adapters_get_no_gradient_and_missing_adapters_add_nothing(in_features=10):
+    ctx, layer = make_layer(in_features=in_features)
     randomise(layer)
     layer.lora_A["a"].requires_grad_(False)
     layer.lora_B["a"].requires_grad_(False)
     del layer.lora_A["c"], layer.lora_B["c"], layer.lora_bias["c"]  # domain c has no adapter
-    x = torch.randn(9, 10)
+    x = torch.randn(9, in_features)
     ctx.set(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
     out = layer(x)
     torch.testing.assert_close(out[6:], nn.functional.linear(x[6:], layer.weight, layer.bias))
     out.sum().backward()
     assert layer.lora_A["a"].grad is None and layer.lora_B["a"].grad is None
     assert layer.lora_bias["a"].grad is not None and layer.lora_A["b"].grad.abs().sum() > 0
+
+
+def test_a_domains_outputs_do_not_depend_on_the_other_domains_adapters():
+    """Onboarding promises bit-identical predictions for the other domains: their merged
+    weights and GEMMs must not change when a domain gains an adapter or joins the batch."""
+    ctx, layer = make_layer()
+    randomise(layer)
+    del layer.lora_A["c"], layer.lora_B["c"], layer.lora_bias["c"]
+    x = torch.randn(30, 10)
+    domain = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
+    ctx.set(domain)
+    before = layer(x)[:20].detach()
+    ctx.set(domain[:20])
+    assert torch.equal(layer(x[:20]).detach(), before)
+    layer.add_adapter("c", rank=3)  # another rank: the merges take two batched calls
+    randomise_one = layer.lora_B["c"]
+    with torch.no_grad():
+        randomise_one.normal_()
+    ctx.set(domain)
+    after = layer(x).detach()
+    assert torch.equal(after[:20], before)
+    assert not torch.allclose(after[20:], nn.functional.linear(x[20:], layer.weight, layer.bias))
