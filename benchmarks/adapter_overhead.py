@@ -7,7 +7,7 @@
 
 Last line: ``{"step_ratio_8", "step_ratio_21", "merged_latency_ratio", "adapter_param_share"}``.
 
-Usage: python benchmarks/adapter_overhead.py [--rows 200000] [--steps 30] [--rounds 3]
+Usage: python benchmarks/adapter_overhead.py [--rows 200000] [--steps 40] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -56,22 +56,28 @@ def trainer_for(data: Path, ck: Path, adapters: bool, alpha: int = 8) -> Trainer
     return Trainer(cfg, reader, layout, ck, model=model, progress=False)
 
 
-def step_time(trainer: Trainer, batches, steps: int) -> float:
-    trainer.model.train()
+def step_times(trainers: list[Trainer], batches, steps: int) -> list[float]:
+    """Median step time of each trainer, their steps interleaved one by one on the same
+    batches, so the shared machine's speed swings hit every trainer alike."""
 
-    def step(b):
+    def step(trainer, b):
         logits = trainer.model(b.sparse, b.dense, b.domain)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, b.labels)
         trainer.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
         trainer.dense_opt.step()
 
-    for b in batches[:2]:
-        step(b)
-    t0 = time.perf_counter()
+    for trainer in trainers:
+        trainer.model.train()
+        for b in batches[:2]:
+            step(trainer, b)
+    times: list[list[float]] = [[] for _ in trainers]
     for k in range(steps):
-        step(batches[k % len(batches)])
-    return (time.perf_counter() - t0) / steps
+        for trainer, ts in zip(trainers, times):
+            t0 = time.perf_counter()
+            step(trainer, batches[k % len(batches)])
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 @torch.no_grad()
@@ -90,7 +96,7 @@ def latency(trainer: Trainer, batch, reps: int) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=200_000)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alpha", type=int, default=8, help="rank = max(d_out // alpha, 1), as in the configs")
     args = p.parse_args()
@@ -107,9 +113,10 @@ def main() -> int:
                 # MLoRA runs train on batches grouped by domain (Trainer(group_domains=True)); both use them
                 batches = list(shared.reader.batches("train", batch_size=BATCH, drop_last=True,
                                                      group_domains=True))[:20]
-                for _ in range(args.rounds):  # alternate so machine noise hits both alike
-                    runs.setdefault(f"shared_{n}", []).append(step_time(shared, batches, args.steps))
-                    runs.setdefault(f"mlora_{n}", []).append(step_time(mlora, batches, args.steps))
+                for _ in range(args.rounds):
+                    s_t, m_t = step_times([shared, mlora], batches, args.steps)
+                    runs.setdefault(f"shared_{n}", []).append(s_t)
+                    runs.setdefault(f"mlora_{n}", []).append(m_t)
                 if n == 8:
                     model = mlora.model
                     backbone = backbone_parameter_count(CTRModel(mlora.layout, ModelConfig(embedding_dim=DIM, hidden=HIDDEN)))

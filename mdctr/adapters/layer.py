@@ -52,17 +52,19 @@ class RoutingContext:
 
     def set(self, domain: torch.Tensor) -> None:
         domain = domain.reshape(-1)
+        n = len(self.domain_names)
         if domain.numel() == 0:
-            self.routing = Routing(single=None, counts=[0] * len(self.domain_names))
+            self.routing = Routing(single=None, counts=[0] * n)
             return
-        lo, hi = int(domain.min()), int(domain.max())
-        if lo < 0 or hi >= len(self.domain_names):
-            raise ValueError(f"domain index {hi if hi >= len(self.domain_names) else lo} has no name "
-                             f"(known: {self.domain_names})")
-        if lo == hi:
-            self.routing = Routing(single=lo)
+        if domain.is_floating_point() or bool((domain < 0).any()):
+            raise ValueError(f"domain indices must be non-negative integers (got {domain.min().item()})")
+        counts = torch.bincount(domain, minlength=n).tolist()  # one pass, one sync
+        if len(counts) > n:
+            raise ValueError(f"domain index {len(counts) - 1} has no name (known: {self.domain_names})")
+        present = [i for i, c in enumerate(counts) if c]
+        if len(present) == 1:
+            self.routing = Routing(single=present[0])
             return
-        counts = torch.bincount(domain, minlength=len(self.domain_names)).tolist()
         if bool((domain[1:] >= domain[:-1]).all()):  # already grouped: contiguous slices, no gathers
             self.routing = Routing(single=None, counts=counts)
             return
@@ -72,23 +74,23 @@ class RoutingContext:
         self.routing = Routing(single=None, order=order, inverse=inverse, counts=counts)
 
 
-def _rows_times(x: torch.Tensor, w: torch.Tensor, groups: list) -> torch.Tensor:
-    """``out[lo:hi] = x[lo:hi] @ w[i]`` for every group ``i``.
+def _rows_times(x: torch.Tensor, w: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Row block ``i`` of the result (``sizes[i]`` rows) is that block of ``x`` times ``w[i]``.
 
     (torch's ``grouped_mm`` does the same on CPU at the same speed, with alignment and dtype
     restrictions, so the loop it is.)
     """
     out = x.new_empty(x.shape[0], w.shape[-1])
-    for i, (lo, hi, _) in enumerate(groups):
-        torch.mm(x[lo:hi], w[i], out=out[lo:hi])
+    for xs, wi, o in zip(x.split(sizes), w.unbind(0), out.split(sizes)):
+        torch.mm(xs, wi, out=o)
     return out
 
 
-def _outer_per_group(g: torch.Tensor, x: torch.Tensor, groups: list) -> torch.Tensor:
-    """``G[i] = g[lo:hi]^T x[lo:hi]`` for every group ``i``, (groups, g cols, x cols)."""
-    out = g.new_empty(len(groups), g.shape[1], x.shape[1])
-    for i, (lo, hi, _) in enumerate(groups):
-        torch.mm(g[lo:hi].t(), x[lo:hi], out=out[i])
+def _outer_per_group(g: torch.Tensor, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """``G[i] = g_i^T x_i`` for every row block ``i``, (blocks, g cols, x cols)."""
+    out = g.new_empty(len(sizes), g.shape[1], x.shape[1])
+    for gs, xs, o in zip(g.split(sizes), x.split(sizes), out.unbind(0)):
+        torch.mm(gs.t(), xs, out=o)
     return out
 
 
@@ -133,13 +135,18 @@ class _RoutedLinear(torch.autograd.Function):
             for pos, _, a_s, b_s in stacks:
                 merged[pos] = torch.baddbmm(weight.expand(len(pos), *weight.shape), b_s.transpose(1, 2),
                                             a_s.transpose(1, 2))
-        out = _rows_times(x, merged.transpose(1, 2), groups)  # (W + (A_d B_d)^T) is (out, in) per group
-        adds = [bias if k is None else (params[3 * k + 2] if bias is None else bias + params[3 * k + 2])
-                for _, _, k in groups]
-        for rows, c in zip(out.split([hi - lo for lo, hi, _ in groups]), adds):
+        sizes = [hi - lo for lo, hi, _ in groups]
+        out = _rows_times(x, merged.transpose(1, 2), sizes)  # (W + (A_d B_d)^T) is (out, in) per group
+        if len(stacks) == 1 and len(stacks[0][0]) == n_groups:
+            adds = torch.stack([params[3 * k + 2] for k in stacks[0][1]])
+            adds = (adds if bias is None else adds + bias).unbind(0)
+        else:
+            adds = [bias if k is None else (params[3 * k + 2] if bias is None else bias + params[3 * k + 2])
+                    for _, _, k in groups]
+        for rows, c in zip(out.split(sizes), adds):
             if c is not None:
                 rows.add_(c)
-        ctx.groups, ctx.blocks = groups, [(pos, ks) for pos, ks, _, _ in stacks]
+        ctx.sizes, ctx.groups, ctx.blocks = sizes, groups, [(pos, ks) for pos, ks, _, _ in stacks]
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, merged, *[t for _, _, a_s, b_s in stacks for t in (a_s, b_s)])
         ctx.n_params = len(params)
@@ -152,12 +159,12 @@ class _RoutedLinear(torch.autograd.Function):
         groups = ctx.groups
         need = ctx.needs_input_grad
         grad = grad.contiguous()
-        gx = _rows_times(grad, merged, groups) if need[0] else None
+        gx = _rows_times(grad, merged, ctx.sizes) if need[0] else None
         grads: list[torch.Tensor | None] = [None] * ctx.n_params
         need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for _, ks in ctx.blocks for k in ks)
         gw = None
         if need[1] or need_ab:
-            gt = _outer_per_group(grad, x, groups)  # G_d^T per group, (K, out, in)
+            gt = _outer_per_group(grad, x, ctx.sizes)  # G_d^T per group, (K, out, in)
             gw = gt.sum(0) if need[1] else None
             if need_ab:
                 for (pos, ks), a_s, b_s in zip(ctx.blocks, stacked[0::2], stacked[1::2]):
@@ -171,7 +178,7 @@ class _RoutedLinear(torch.autograd.Function):
         n_bd = [k is not None and need[6 + 3 * k] for _, _, k in groups]
         gbias = None
         if need_bias or any(n_bd):
-            sums = [rows.sum(0) for rows in grad.split([hi - lo for lo, hi, _ in groups])]
+            sums = [rows.sum(0) for rows in grad.split(ctx.sizes)]
             gbias = torch.stack(sums).sum(0) if need_bias else None
             for i, (_, _, k) in enumerate(groups):
                 if n_bd[i]:
