@@ -117,15 +117,19 @@ def adapters_finetune(
     lr: Optional[float] = typer.Option(None, "--lr", help="Adapter learning rate (default: the base's dense lr)."),
     alpha: Optional[int] = typer.Option(None, "--alpha", help="rank = max(d_out // alpha, 1)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Explicit rank for every layer."),
+    cold_rows: bool = typer.Option(True, "--cold-rows/--no-cold-rows",
+                                   help="Also learn embedding rows for the domain's ids the backbone never trained."),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train one domain's adapter on a frozen backbone."""
     from mdctr.adapters.onboard import finetune
 
-    meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, rank=rank, overwrite=overwrite)
+    meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, rank=rank, cold_rows=cold_rows,
+                    overwrite=overwrite)
     auc = meta["metrics"]["domains"].get(domain, {}).get("auc")
+    cold = ", ".join(f"{f} {n:,}" for f, n in meta.get("cold_rows", {}).items()) or "none"
     typer.echo(f"adapter '{domain}': {meta['parameters']:,} parameters "
-               f"({100 * meta['parameter_share']:.2f}% of the backbone), test AUC {auc}, "
+               f"({100 * meta['parameter_share']:.2f}% of the backbone; cold rows: {cold}), test AUC {auc}, "
                f"{meta['train_seconds']} s -> {out}")
 
 

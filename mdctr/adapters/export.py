@@ -11,12 +11,15 @@ keys in ``model.json["keys"]`` order, raw ids (mapped to table rows inside the m
 mdctr's rule: ``id`` if ``id < rows`` else ``splitmix64(id) % rows``), domain indices into
 ``model.json["domains"]``. A single-domain artifact has that domain's adapter merged into
 the weights (``domain`` is then ignored); an all-domain artifact keeps every adapter and
-routes each row by its domain with a masked low-rank product (no Python loop).
+routes each row by its domain with a masked low-rank product (no Python loop). Adapters'
+cold rows (:mod:`mdctr.adapters.cold`) are folded into the tables of a single-domain
+artifact and looked up per row of their domain in an all-domain one.
 """
 
 from __future__ import annotations
 
 import json
+from typing import List
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.files import check_backbone, read_adapter
+from mdctr.adapters.model import cold_rows_of
 from mdctr.adapters.run import load_config
 from mdctr.domains.errors import DataContractError
 from mdctr.domains.writer import atomic_dir, check_output
@@ -85,9 +89,19 @@ class RoutedMLP(nn.Module):
 
 
 class InferenceModel(nn.Module):
+    """``cold``: (key index, domain index, sorted rows, vectors) of adapters' cold rows
+    (:mod:`mdctr.adapters.cold`), added to that domain's pooled embeddings."""
+
     def __init__(self, layout: FeatureLayout, tables: list[torch.Tensor], tower: nn.Module,
-                 routed: RoutedMLP | None, modes: list[str]):
+                 routed: RoutedMLP | None, modes: list[str],
+                 cold: list[tuple[int, int, torch.Tensor, torch.Tensor]] = ()):
         super().__init__()
+        # typed for TorchScript, which cannot infer the element type of an empty list
+        self.cold_key = torch.jit.Attribute([c[0] for c in cold], List[int])
+        self.cold_domain = torch.jit.Attribute([c[1] for c in cold], List[int])
+        self.cold_rows = torch.jit.Attribute([c[2] for c in cold], List[torch.Tensor])
+        self.cold_vecs = torch.jit.Attribute([c[3] for c in cold], List[torch.Tensor])
+        self.mean = torch.jit.Attribute([m == "mean" for m in modes], List[bool])
         self.keys = list(layout.keys)
         self.rows = [layout.rows[k] for k in self.keys]
         self.bags = nn.ModuleList(nn.EmbeddingBag.from_pretrained(t, freeze=True, mode=m)
@@ -97,6 +111,10 @@ class InferenceModel(nn.Module):
         self.dense_dim = layout.dense_dim
         self.num_fields = len(self.keys)
         self.dim = tables[0].shape[1]
+
+    def _cold(self, j: int, i: int, ids: torch.Tensor, lengths: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return _cold_pooled(self.cold_rows[j], self.cold_vecs[j], ids, lengths, domain == self.cold_domain[j],
+                            self.mean[i])
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor, dense: torch.Tensor,
                 domain: torch.Tensor) -> torch.Tensor:
@@ -109,13 +127,29 @@ class InferenceModel(nn.Module):
             n = int(per_key[i])
             ids = table_rows(values[start:start + n], self.rows[i])
             offsets = torch.cumsum(lengths[i], 0) - lengths[i]
-            pooled.append(bag(ids, offsets))
+            out = bag(ids, offsets)
+            for j in range(len(self.cold_key)):
+                if self.cold_key[j] == i and ids.numel() > 0:
+                    out = out + self._cold(j, i, ids, lengths[i], domain)
+            pooled.append(out)
             start += n
         emb = torch.cat(pooled, dim=1)
         x = torch.cat([emb, dense], dim=1) if self.dense_dim > 0 else emb
         if self.routed is not None:
             return self.routed(x, domain)
         return self.tower(x, emb.view(b, self.num_fields, self.dim))
+
+
+def _cold_pooled(rows: torch.Tensor, vecs: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+                 keep: torch.Tensor, mean: bool) -> torch.Tensor:
+    b = lengths.shape[0]
+    example = torch.repeat_interleave(torch.arange(b), lengths)
+    pos = torch.clamp(torch.searchsorted(rows, ids), max=rows.shape[0] - 1)
+    hit = (rows[pos] == ids) & keep[example]
+    out = torch.zeros(b, vecs.shape[1]).index_add(0, example[hit], vecs[pos[hit]])
+    if mean:
+        out = out / torch.clamp(lengths, min=1).unsqueeze(1).to(out.dtype)
+    return out
 
 
 def _adapter_weights(state: dict, extra: list[tuple[dict, dict]], domains: list[str]) -> dict:
@@ -148,8 +182,15 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
         extra.append((tensors, meta))
     domains = list(layout.domain_names) + [m["domain"] for _, m in extra if m["domain"] not in layout.domain_names]
     lora = _adapter_weights(state, extra, domains)
-    tables = [state[f"ebc.embedding_bags.t_{k}.weight"].float() for k in layout.keys]
+    tables = [state[f"ebc.embedding_bags.t_{k}.weight"].float().clone() for k in layout.keys]
     modes = ["mean" if layout.pooling[k].name == "MEAN" else "sum" for k in layout.keys]
+    cold = []  # (key index, domain index, rows, vectors) of the adapters' cold rows
+    for tensors, m in extra:
+        for f, rows in cold_rows_of(tensors).items():
+            if domain is None:
+                cold.append((layout.keys.index(f), domains.index(m["domain"]), rows, tensors[f"cold.{f}.weight"].float()))
+            elif m["domain"] == domain:  # single-domain artifact: fold the rows into its own tables
+                tables[layout.keys.index(f)][rows] += tensors[f"cold.{f}.weight"].float()
     tower = build_tower(cfg.model.tower, in_features=len(layout.keys) * cfg.model.embedding_dim + layout.dense_dim,
                         num_fields=len(layout.keys), embedding_dim=cfg.model.embedding_dim, hidden=cfg.model.hidden,
                         activation=cfg.model.activation, dropout=0.0, cross_layers=cfg.model.cross_layers,
@@ -186,7 +227,7 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
                     bias_d[j] = bb
             layers.append(RoutedLinear(layer.weight.detach(), layer.bias.detach(), a, b, bias_d, r))
         routed = RoutedMLP(tower.mlp, layers)
-    model = InferenceModel(layout, tables, tower, routed, modes).eval()
+    model = InferenceModel(layout, tables, tower, routed, modes, cold).eval()
     meta = {"format": "mdctr-inference/1", "keys": layout.keys, "table_rows": [layout.rows[k] for k in layout.keys],
             "dense": [f.name for f in spec.dense_fields], "domains": domains, "domain": domain,
             "tower": cfg.model.tower, "inputs": "values, lengths (key-major jagged), dense, domain",

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.files import backbone_identity, check_backbone, read_adapter, save_adapter
+from mdctr.adapters.cold import COLD, find_cold_rows, seen_rows
 from mdctr.adapters.model import (
-    adapter_layers, adapter_tensors, add_domain, attach_adapters, backbone_parameter_count, freeze_backbone,
-    layer_shapes, load_adapter_tensors,
+    adapter_layers, adapter_tensors, add_cold_rows, add_domain, attach_adapters, backbone_parameter_count,
+    cold_rows_of, freeze_backbone, layer_shapes, load_adapter_tensors,
 )
 from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config, same_tensors
 from mdctr.domains.datasets import resolve_data
@@ -55,10 +57,11 @@ def run_model(run_dir: Path, extra: list[Path] = (), *, new_domain: str | None =
     r = rank or (cfg.adapters.rank if isinstance(cfg, MLoRATrainConfig) else None)
     attach_adapters(model, names, domains=own, alpha=a, rank=r)
     for adapter_dir in extra:
-        _, meta = read_adapter(adapter_dir)
+        tensors, meta = read_adapter(adapter_dir)
         check_backbone(meta, run_dir, adapter_dir)
         if meta["domain"] not in own:
             add_domain(model, meta["domain"], ranks=meta["rank"])
+        add_cold_rows(model, meta["domain"], cold_rows_of(tensors))
     if new_domain is not None:
         if new_domain in own:
             raise ValueError(f"domain '{new_domain}' already has an adapter in {run_dir}")
@@ -73,6 +76,19 @@ def apply_extra(model: nn.Module, run_dir: Path, extra: list[Path]) -> None:
         load_adapter_tensors(model, meta["domain"], tensors)
 
 
+def is_domain_param(name: str, domain: str) -> bool:
+    """Whether parameter ``name`` belongs to ``domain``'s adapter (tower layers or cold rows)."""
+    return ("lora_" in name and name.endswith(f".{domain}")) or f"{COLD}.{domain}." in name
+
+
+def backbone_tables(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The full embedding tables of a run's best checkpoint, by field."""
+    state = ckpt.read_state(run_dir / "checkpoints")
+    model = _load_state_dict_from_keys(checkpoint_id=str(ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch)))["model"]
+    prefix, suffix = "ebc.embedding_bags.t_", ".weight"
+    return {k[len(prefix):-len(suffix)]: v for k, v in model.items() if k.startswith(prefix) and k.endswith(suffix)}
+
+
 def domain_map_for(data_names: list[str], model_names: list[str]) -> torch.Tensor:
     """Model domain index for each data domain (0 for domains the model lacks; such rows
     must be filtered out by the caller)."""
@@ -85,22 +101,29 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     device, _ = select_device(rank)
     cfg, layout, model, names = run_model(base, new_domain=domain, alpha=overrides.get("alpha"),
                                           rank=overrides.get("rank"))
+    table_seed = cfg.train.seed  # the backbone's tables were initialised from it
     raw = cfg.model_dump()
     raw["train"].update({k: v for k, v in overrides.items() if k in ("epochs", "seed") and v is not None})
     if overrides.get("lr") is not None:
         raw["optim"]["dense"]["lr"] = overrides["lr"]
     cfg = type(cfg).model_validate(raw)
     backbone = backbone_parameter_count(model)
-    freeze_backbone(model)
-    for n, p in model.named_parameters():
-        if "lora_" in n and not n.endswith(f".{domain}"):
-            p.requires_grad_(False)
     data_spec = load_spec(data_dir)
     reader = layout.reader(data_dir)
+    cold = {}
+    if overrides.get("cold_rows", True):  # the new domain's ids the backbone never trained
+        seen = seen_rows(reader, domain, [k for k in layout.keys if k in reader.keys],
+                         split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed)
+        cold = find_cold_rows(backbone_tables(base), layout, table_seed, seen)
+        add_cold_rows(model, domain, cold)
+    freeze_backbone(model)
+    for n, p in model.named_parameters():
+        if "lora_" in n and not is_domain_param(n, domain):
+            p.requires_grad_(False)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, reader, layout, scratch, rank=rank, world_size=world, device=device, model=model,
                       domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
-                      trainable=lambda n: "lora_" in n and n.endswith(f".{domain}"))
+                      trainable=lambda n: is_domain_param(n, domain))
     state = ckpt.read_state(base / "checkpoints")
     ckpt.load(trainer.model, None, ckpt.epoch_dir(base / "checkpoints", state.best_epoch), partial=True)
     before = backbone_snapshot(trainer.model)
@@ -112,7 +135,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     metrics = trainer.evaluate("test")
     tensors = adapter_tensors(trainer.model, domain)
     layers = adapter_layers(trainer.model)
-    n_params = sum(t.numel() for t in tensors.values())
+    n_params = sum(t.numel() for k, t in tensors.items() if not k.endswith(".rows"))  # rows are ids
     meta = {
         "domain": domain,
         "rank": {n: m.ranks[domain] for n, m in layers.items()},
@@ -120,6 +143,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
         "layer_shapes": layer_shapes(trainer.model),
         **backbone_identity(base),
         "parameters": n_params,
+        "cold_rows": {f: int(r.numel()) for f, r in cold.items()},
         "parameter_share": round(n_params / backbone, 6),
         "train_seconds": round(time.perf_counter() - t0, 2),
         "epochs": len(fit.history) - 1,
@@ -140,8 +164,12 @@ def _has(model: nn.Module, domain: str) -> bool:
 
 def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *, epochs: int | None = None,
              lr: float | None = None, alpha: int | None = None, rank: int | None = None, seed: int | None = None,
-             overwrite: bool = False) -> dict:
-    """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``."""
+             cold_rows: bool = True, overwrite: bool = False) -> dict:
+    """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``.
+
+    ``cold_rows``: also learn embedding rows for the domain's ids the backbone never trained
+    (:mod:`mdctr.adapters.cold`), used for this domain's examples only.
+    """
     base, out = Path(base), Path(out)
     _, train_spec, _ = platform_run.load_run(base, load_config)
     data_dir = resolve_data(data)
@@ -157,7 +185,8 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ckpt-", dir=out.parent))
     try:
         launch(_finetune_worker, 1, base, domain, data_dir, out, scratch,
-               {"epochs": epochs, "lr": lr, "alpha": alpha, "rank": rank, "seed": seed, "overwrite": overwrite})
+               {"epochs": epochs, "lr": lr, "alpha": alpha, "rank": rank, "seed": seed, "overwrite": overwrite,
+                "cold_rows": cold_rows})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return json.loads((out / "adapter.json").read_text())

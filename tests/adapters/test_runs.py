@@ -15,7 +15,9 @@ from mdctr.adapters.run import MLoRATrainConfig, evaluate, train
 from mdctr.adapters.serve import list_adapters, merge
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.errors import DataContractError
+from mdctr.domains.batching import DatasetReader
 from mdctr.platform import checkpoint as ckpt
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,16 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
     assert (tmp_path / "adapter-F" / "adapter.safetensors").exists()
     assert meta["domain"] == "F" and meta["rank"] == {"tower.mlp.layers.0": 8, "tower.mlp.layers.1": 4}
     assert meta["layer_shapes"] == {"tower.mlp.layers.0": [128, 64], "tower.mlp.layers.1": [64, 32]}
-    assert meta["metrics"]["domains"]["F"]["auc"] > 0.6  # F's users were never seen by the backbone
+    assert meta["metrics"]["domains"]["F"]["auc"] > 0.6
+    # F's users were never seen by the backbone: the adapter learned their rows (and only those)
+    assert meta["cold_rows"]["user_id"] > 200 and meta["cold_rows"]["gender"] == 1
+    tensors = load_file(str(tmp_path / "adapter-F" / "adapter.safetensors"))
+    cold_users = tensors["cold.user_id.rows"]
+    train_rows = DatasetReader(data).batches("train", batch_size=10**6, shuffle=False, domains=["M"])
+    m_users = set(next(train_rows).sparse["user_id"].values().tolist())
+    assert not m_users & set(cold_users.tolist())
+    assert tensors["cold.user_id.weight"].abs().sum() > 0
+    assert meta["parameters"] == sum(t.numel() for k, t in tensors.items() if not k.endswith(".rows"))
     after = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=["M"])
     assert torch.equal(before["logits"], after["logits"])
     with_f = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=["F"])
@@ -106,6 +117,23 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
 
     merged = plain_evaluate(tmp_path / "merged-F", data, out=tmp_path / "merged.json")
     assert merged["domains"]["F"]["auc"] == pytest.approx(meta["metrics"]["domains"]["F"]["auc"], abs=1e-5)
+
+    # exported artifacts: F merged (cold rows folded into its tables), and every domain routed
+    from mdctr.adapters.export import export
+
+    for domain in ("F", None):
+        art = tmp_path / f"artifact-{domain}"
+        export(base, art, domain=domain, adapters=[tmp_path / "adapter-F"])
+        scripted = torch.jit.load(str(art / "model.pt"))
+        domains = [domain] if domain else ["F", "M"]
+        want = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=domains)
+        got = torch.cat([scripted(b.sparse.values(), b.sparse.lengths(), b.dense, b.domain)
+                         for b in DatasetReader(data).batches("test", batch_size=4096, shuffle=False, domains=domains)])
+        torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
+
+    # without cold rows the adapter is the tower adapter alone (and does worse on F's new users)
+    plain = finetune(base, "F", data, tmp_path / "adapter-F-plain", epochs=2, cold_rows=False)
+    assert plain["cold_rows"] == {} and plain["parameters"] < meta["parameters"]
 
 
 def test_adapter_config_is_validated():

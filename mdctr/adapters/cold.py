@@ -1,0 +1,142 @@
+"""Cold rows: embedding rows a domain's adapter learns for ids its frozen backbone never saw.
+
+A new domain usually brings ids no other domain has (its own items, its own users). The
+frozen backbone never trained their table rows, so they still hold their initial values
+and a tower adapter alone cannot tell those users or items apart. Fine-tuning therefore
+also gives the new domain a small table of its own for exactly those rows: the rows of its
+training data whose backbone weights are still bit-identical to the seeded initialisation
+(:class:`mdctr.platform.model.SeededUniformInit`, so "never trained" is a fact read off the
+checkpoint, for any embedding optimizer). For that domain's examples a looked-up row is
+``backbone[row] + cold[row]`` (``cold`` starts at zero, so a fresh adapter changes nothing);
+every other domain, and every other row, is untouched, which keeps other domains'
+predictions bit-identical. Pooling follows the field's table (sum, or mean over the bag).
+
+A backbone whose untrained rows do not hold its own seeded init (e.g. tables copied from
+another run trained with another seed) yields no cold rows: the adapter is then the tower
+adapter alone, as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from mdctr.domains.batching import DatasetReader
+from mdctr.platform.model import DOMAIN_KEY, FeatureLayout, SeededUniformInit
+
+COLD = "lora_cold"  # the model attribute (a ModuleDict by domain); "lora_" marks adapter weights
+
+
+class ColdRows(nn.Module):
+    """One domain's learned rows: per field, sorted table rows (buffer) and their vectors."""
+
+    def __init__(self, rows: dict[str, torch.Tensor], dim: int, mean: dict[str, bool]):
+        super().__init__()
+        self.fields = list(rows)
+        self.mean = dict(mean)
+        for f, r in rows.items():
+            if r.numel() and not bool((r[1:] > r[:-1]).all()):
+                raise ValueError(f"cold rows of field '{f}' must be sorted and unique")
+            self.register_buffer(f"rows_{f}", r.to(torch.int64))
+        self.weight = nn.ParameterDict({f: nn.Parameter(torch.zeros(len(r), dim)) for f, r in rows.items()})
+        self.merged = False  # folded into the tables (single-domain serving): add nothing
+
+    def rows(self, field: str) -> torch.Tensor:
+        return getattr(self, f"rows_{field}")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.weight.values())
+
+    def pooled(self, field: str, values: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """(B, dim) pooled cold vectors of one field's bags; rows of examples not in ``keep`` get 0."""
+        b = lengths.shape[0]
+        table, rows = self.weight[field], self.rows(field)
+        out = table.new_zeros(b, table.shape[1])
+        if rows.numel() == 0 or values.numel() == 0:
+            return out
+        example = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)
+        pos = torch.searchsorted(rows, values).clamp_(max=rows.numel() - 1)
+        hit = rows[pos] == values
+        if keep is not None:
+            hit &= keep[example]
+        out = out.index_add(0, example[hit], table[pos[hit]])
+        if self.mean[field]:
+            out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
+        return out
+
+
+def cold_delta(modules: dict[str, ColdRows], names: list[str], keys: list[str], dim: int, sparse: KeyedJaggedTensor,
+               domain: torch.Tensor, single: int | None) -> torch.Tensor | None:
+    """(B, len(keys) * dim) additions to the pooled embeddings, or None if nothing applies."""
+    delta = None
+    jagged = None
+    for name, module in modules.items():
+        if module.merged or name not in names:
+            continue
+        idx = names.index(name)
+        if single is not None and single != idx:
+            continue
+        keep = None if single is not None else domain == idx
+        if keep is not None and not bool(keep.any()):
+            continue
+        jagged = jagged if jagged is not None else sparse.to_dict()
+        for f in module.fields:
+            jt = jagged[f]
+            part = module.pooled(f, jt.values(), jt.lengths(), keep)
+            if delta is None:
+                delta = part.new_zeros(part.shape[0], len(keys) * dim)
+            i = keys.index(f)
+            delta[:, i * dim:(i + 1) * dim] += part
+    return delta
+
+
+def seen_rows(reader: DatasetReader, domain: str, keys: list[str], **split) -> dict[str, np.ndarray]:
+    """Unique table rows of each field in ``domain``'s training rows (``split``: the
+    trainer's ``split_kind`` / ``split_seed``)."""
+    seen: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for batch in reader.batches("train", batch_size=65536, shuffle=False, domains=[domain], **split):
+        for k in keys:
+            seen[k].append(np.unique(batch.sparse[k].values().numpy()))
+    return {k: np.unique(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in seen.items()}
+
+
+def find_cold_rows(tables: dict[str, torch.Tensor], layout: FeatureLayout, seed: int,
+                   seen: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Of the rows ``seen`` in the new domain's data, those whose trained table rows still
+    equal the seeded initialisation (``tables``: key -> full table of the backbone)."""
+    out = {}
+    for k, rows in seen.items():
+        if k == DOMAIN_KEY or rows.size == 0:
+            continue
+        trained = tables[k].float().cpu()
+        init = SeededUniformInit(seed, f"t_{k}", trained.shape[0], trained.shape[1])(torch.empty_like(trained))
+        r = torch.from_numpy(rows.astype(np.int64))
+        untouched = (trained[r] == init[r]).all(dim=1)
+        if bool(untouched.any()):
+            out[k] = r[untouched]
+    return out
+
+
+def cold_modules(model: nn.Module) -> nn.ModuleDict:
+    """The model's ``{domain: ColdRows}`` (created empty on first use)."""
+    if not hasattr(model, COLD):
+        setattr(model, COLD, nn.ModuleDict())
+    return getattr(model, COLD)
+
+
+@torch.no_grad()
+def fold_into_tables(model: nn.Module, module: ColdRows) -> None:
+    """Add ``module``'s rows into the (sharded) tables of ``model`` in place and mark it merged:
+    the single-domain serving form, exact for that domain only."""
+    state = model.state_dict()
+    for f in module.fields:
+        table = state[f"ebc.embedding_bags.t_{f}.weight"]
+        rows, vecs = module.rows(f), module.weight[f].detach()
+        shards = [(s.tensor, s.metadata.shard_offsets, s.metadata.shard_sizes) for s in table.local_shards()] \
+            if hasattr(table, "local_shards") else [(table, (0, 0), tuple(table.shape))]
+        for t, (r0, c0), (nr, nc) in shards:
+            sel = (rows >= r0) & (rows < r0 + nr)
+            t[rows[sel] - r0] += vecs[sel][:, c0:c0 + nc].to(t.device, t.dtype)
+    module.merged = True
