@@ -1,0 +1,58 @@
+"""Cold rows (mdctr.adapters.cold): lookup, pooling, routing and which rows are cold."""
+
+import numpy as np
+import pytest
+import torch
+from torchrec import KeyedJaggedTensor, PoolingType
+
+from mdctr.adapters.cold import ColdRows, cold_delta, find_cold_rows
+from mdctr.platform.model import FeatureLayout, SeededUniformInit
+
+
+def module():
+    m = ColdRows({"user": torch.tensor([2, 5, 9]), "tags": torch.tensor([1, 3])}, dim=2,
+                 mean={"user": False, "tags": True})
+    with torch.no_grad():
+        m.weight["user"].copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]))
+        m.weight["tags"].copy_(torch.tensor([[4.0, 4.0], [8.0, 0.0]]))
+    return m
+
+
+def test_pooled_rows_sum_or_mean_over_the_bag_and_only_for_kept_examples():
+    m = module()
+    # user: one id per example; 7 is not a cold row
+    got = m.pooled("user", torch.tensor([5, 7, 9]), torch.tensor([1, 1, 1]), keep=None)
+    assert torch.equal(got, torch.tensor([[0.0, 1.0], [0.0, 0.0], [2.0, 2.0]]))
+    got = m.pooled("user", torch.tensor([5, 7, 9]), torch.tensor([1, 1, 1]), keep=torch.tensor([True, True, False]))
+    assert torch.equal(got, torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+    # tags (mean pooling): bags [1, 3, 6], [], [3]
+    got = m.pooled("tags", torch.tensor([1, 3, 6, 3]), torch.tensor([3, 0, 1]), keep=None)
+    assert torch.allclose(got, torch.tensor([[12.0 / 3, 4.0 / 3], [0.0, 0.0], [8.0, 0.0]]))
+
+
+def test_delta_lands_in_the_fields_columns_for_the_domains_rows_only():
+    m = module()
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "tags"], values=torch.tensor([2, 9, 3, 1]),
+                                              lengths=torch.tensor([1, 1, 1, 1]))
+    delta = cold_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([1, 0]), single=None)
+    # row 0 is domain "new": user 2 -> [1, 0] in columns 2:4, tag 3 -> [8, 0] in 0:2; row 1 untouched
+    assert torch.equal(delta, torch.tensor([[8.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert cold_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([0, 0]), single=0) is None
+    m.merged = True  # folded into the tables: adds nothing
+    assert cold_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([1, 1]), single=1) is None
+
+
+def test_cold_rows_are_the_seen_rows_still_at_their_seeded_init():
+    layout = FeatureLayout(["user"], {"user": 10}, {"user": PoolingType.SUM}, 0, ["a"])
+    init = SeededUniformInit(7, "t_user", 10, 4)(torch.empty(10, 4))
+    trained = init.clone()
+    trained[[1, 4]] += 0.5  # rows the backbone trained
+    cold = find_cold_rows({"user": trained}, layout, 7, {"user": np.array([1, 2, 4, 8])})
+    assert cold["user"].tolist() == [2, 8]
+    # another seed's init does not match: nothing is declared cold
+    assert find_cold_rows({"user": trained}, layout, 8, {"user": np.array([1, 2, 4, 8])}) == {}
+
+
+def test_rows_must_be_sorted_and_unique():
+    with pytest.raises(ValueError, match="sorted and unique"):
+        ColdRows({"user": torch.tensor([3, 1])}, dim=2, mean={"user": False})
