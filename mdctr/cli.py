@@ -117,19 +117,20 @@ def adapters_finetune(
     lr: Optional[float] = typer.Option(None, "--lr", help="Adapter learning rate (default: the base's dense lr)."),
     alpha: Optional[int] = typer.Option(None, "--alpha", help="rank = max(d_out // alpha, 1)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Explicit rank for every layer."),
-    cold_rows: bool = typer.Option(True, "--cold-rows/--no-cold-rows",
-                                   help="Also learn embedding rows for the domain's ids the backbone never trained."),
+    rows: str = typer.Option("cold", "--rows",
+                             help="Embedding rows the adapter also learns for this domain: cold (ids the backbone "
+                                  "never trained), all (every row the domain uses), none."),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train one domain's adapter on a frozen backbone."""
     from mdctr.adapters.onboard import finetune
 
-    meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, rank=rank, cold_rows=cold_rows,
+    meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, rank=rank, rows=rows,
                     overwrite=overwrite)
     auc = meta["metrics"]["domains"].get(domain, {}).get("auc")
     cold = ", ".join(f"{f} {n:,}" for f, n in meta.get("cold_rows", {}).items()) or "none"
     typer.echo(f"adapter '{domain}': {meta['parameters']:,} parameters "
-               f"({100 * meta['parameter_share']:.2f}% of the backbone; cold rows: {cold}), test AUC {auc}, "
+               f"({100 * meta['parameter_share']:.2f}% of the backbone; {meta['rows']} rows: {cold}), test AUC {auc}, "
                f"{meta['train_seconds']} s -> {out}")
 
 

@@ -111,10 +111,12 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     data_spec = load_spec(data_dir)
     reader = layout.reader(data_dir)
     cold = {}
-    if overrides.get("cold_rows", True):  # the new domain's ids the backbone never trained
+    rows = overrides.get("rows", "cold")
+    if rows != "none":  # the domain's own rows: those the backbone never trained, or all it uses
         seen = seen_rows(reader, domain, [k for k in layout.keys if k in reader.keys],
                          split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed)
-        cold = find_cold_rows(backbone_tables(base), layout, table_seed, seen)
+        cold = find_cold_rows(backbone_tables(base), layout, table_seed, seen) if rows == "cold" else \
+            {k: torch.from_numpy(v.astype("int64")) for k, v in seen.items() if v.size}
         add_cold_rows(model, domain, cold)
     freeze_backbone(model)
     for n, p in model.named_parameters():
@@ -123,7 +125,8 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     t0 = time.perf_counter()
     trainer = Trainer(cfg, reader, layout, scratch, rank=rank, world_size=world, device=device, model=model,
                       domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
-                      trainable=lambda n: is_domain_param(n, domain))
+                      trainable=lambda n: is_domain_param(n, domain),
+                      checkpoint_only=lambda n: is_domain_param(n, domain))
     state = ckpt.read_state(base / "checkpoints")
     ckpt.load(trainer.model, None, ckpt.epoch_dir(base / "checkpoints", state.best_epoch), partial=True)
     before = backbone_snapshot(trainer.model)
@@ -143,6 +146,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
         "layer_shapes": layer_shapes(trainer.model),
         **backbone_identity(base),
         "parameters": n_params,
+        "rows": rows,
         "cold_rows": {f: int(r.numel()) for f, r in cold.items()},
         "parameter_share": round(n_params / backbone, 6),
         "train_seconds": round(time.perf_counter() - t0, 2),
@@ -162,14 +166,21 @@ def _has(model: nn.Module, domain: str) -> bool:
     return all(domain in m.lora_A for m in adapter_layers(model).values())
 
 
+ROW_MODES = ("cold", "all", "none")
+
+
 def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *, epochs: int | None = None,
              lr: float | None = None, alpha: int | None = None, rank: int | None = None, seed: int | None = None,
-             cold_rows: bool = True, overwrite: bool = False) -> dict:
+             rows: str = "cold", overwrite: bool = False) -> dict:
     """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``.
 
-    ``cold_rows``: also learn embedding rows for the domain's ids the backbone never trained
-    (:mod:`mdctr.adapters.cold`), used for this domain's examples only.
+    ``rows``: which embedding rows the adapter also learns, for this domain's examples only
+    (:mod:`mdctr.adapters.cold`): ``cold`` the rows of the domain's ids the backbone never
+    trained, ``all`` a residual for every row the domain's training data uses (more
+    parameters, closest to training the domain in from the start), ``none`` none.
     """
+    if rows not in ROW_MODES:
+        raise ValueError(f"rows must be one of {ROW_MODES}, got {rows!r}")
     base, out = Path(base), Path(out)
     _, train_spec, _ = platform_run.load_run(base, load_config)
     data_dir = resolve_data(data)
@@ -186,7 +197,7 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     try:
         launch(_finetune_worker, 1, base, domain, data_dir, out, scratch,
                {"epochs": epochs, "lr": lr, "alpha": alpha, "rank": rank, "seed": seed, "overwrite": overwrite,
-                "cold_rows": cold_rows})
+                "rows": rows})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return json.loads((out / "adapter.json").read_text())

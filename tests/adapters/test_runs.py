@@ -132,8 +132,13 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
         torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
 
     # without cold rows the adapter is the tower adapter alone (and does worse on F's new users)
-    plain = finetune(base, "F", data, tmp_path / "adapter-F-plain", epochs=2, cold_rows=False)
+    plain = finetune(base, "F", data, tmp_path / "adapter-F-plain", epochs=2, rows="none")
     assert plain["cold_rows"] == {} and plain["parameters"] < meta["parameters"]
+    every = finetune(base, "F", data, tmp_path / "adapter-F-all", epochs=1, rows="all")
+    assert every["cold_rows"]["item_id"] > meta["cold_rows"]["item_id"]  # items M also rated get residuals too
+    assert torch.equal(before["logits"], predict(base, data, adapters=[tmp_path / "adapter-F-all"], domains=["M"])["logits"])
+    with pytest.raises(ValueError, match="rows must be one of"):
+        finetune(base, "F", data, tmp_path / "adapter-F-bad", rows="some")
 
 
 def test_adapter_config_is_validated():
