@@ -128,9 +128,9 @@ def adapters_finetune(
     meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, rank=rank, rows=rows,
                     overwrite=overwrite)
     auc = meta["metrics"]["domains"].get(domain, {}).get("auc")
-    cold = ", ".join(f"{f} {n:,}" for f, n in meta.get("cold_rows", {}).items()) or "none"
+    counts = ", ".join(f"{f} {n:,}" for f, n in meta.get("row_counts", {}).items()) or "none"
     typer.echo(f"adapter '{domain}': {meta['parameters']:,} parameters "
-               f"({100 * meta['parameter_share']:.2f}% of the backbone; {meta['rows']} rows: {cold}), test AUC {auc}, "
+               f"({100 * meta['parameter_share']:.2f}% of the backbone; {meta['rows']} rows: {counts}), test AUC {auc}, "
                f"{meta['train_seconds']} s -> {out}")
 
 

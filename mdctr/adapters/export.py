@@ -12,7 +12,7 @@ mdctr's rule: ``id`` if ``id < rows`` else ``splitmix64(id) % rows``), domain in
 ``model.json["domains"]``. A single-domain artifact has that domain's adapter merged into
 the weights (``domain`` is then ignored); an all-domain artifact keeps every adapter and
 routes each row by its domain with a masked low-rank product (no Python loop). Adapters'
-cold rows (:mod:`mdctr.adapters.cold`) are folded into the tables of a single-domain
+own embedding rows (:mod:`mdctr.adapters.rows`) are folded into the tables of a single-domain
 artifact and looked up per row of their domain in an all-domain one.
 """
 
@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.files import check_backbone, read_adapter
-from mdctr.adapters.model import cold_rows_of
+from mdctr.adapters.model import domain_rows_of
 from mdctr.adapters.run import load_config
 from mdctr.domains.errors import DataContractError
 from mdctr.domains.writer import atomic_dir, check_output
@@ -89,18 +89,18 @@ class RoutedMLP(nn.Module):
 
 
 class InferenceModel(nn.Module):
-    """``cold``: (key index, domain index, sorted rows, vectors) of adapters' cold rows
-    (:mod:`mdctr.adapters.cold`), added to that domain's pooled embeddings."""
+    """``rows``: (key index, domain index, sorted rows, vectors) of adapters' own embedding rows
+    (:mod:`mdctr.adapters.rows`), added to that domain's pooled embeddings."""
 
     def __init__(self, layout: FeatureLayout, tables: list[torch.Tensor], tower: nn.Module,
                  routed: RoutedMLP | None, modes: list[str],
-                 cold: list[tuple[int, int, torch.Tensor, torch.Tensor]] = ()):
+                 rows: list[tuple[int, int, torch.Tensor, torch.Tensor]] = ()):
         super().__init__()
         # typed for TorchScript, which cannot infer the element type of an empty list
-        self.cold_key = torch.jit.Attribute([c[0] for c in cold], List[int])
-        self.cold_domain = torch.jit.Attribute([c[1] for c in cold], List[int])
-        self.cold_rows = torch.jit.Attribute([c[2] for c in cold], List[torch.Tensor])
-        self.cold_vecs = torch.jit.Attribute([c[3] for c in cold], List[torch.Tensor])
+        self.row_key = torch.jit.Attribute([c[0] for c in rows], List[int])
+        self.row_domain = torch.jit.Attribute([c[1] for c in rows], List[int])
+        self.row_ids = torch.jit.Attribute([c[2] for c in rows], List[torch.Tensor])
+        self.row_vecs = torch.jit.Attribute([c[3] for c in rows], List[torch.Tensor])
         self.mean = torch.jit.Attribute([m == "mean" for m in modes], List[bool])
         self.keys = list(layout.keys)
         self.rows = [layout.rows[k] for k in self.keys]
@@ -112,8 +112,8 @@ class InferenceModel(nn.Module):
         self.num_fields = len(self.keys)
         self.dim = tables[0].shape[1]
 
-    def _cold(self, j: int, i: int, ids: torch.Tensor, lengths: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        return _cold_pooled(self.cold_rows[j], self.cold_vecs[j], ids, lengths, domain == self.cold_domain[j],
+    def _rows(self, j: int, i: int, ids: torch.Tensor, lengths: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return _rows_pooled(self.row_ids[j], self.row_vecs[j], ids, lengths, domain == self.row_domain[j],
                             self.mean[i])
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor, dense: torch.Tensor,
@@ -128,9 +128,9 @@ class InferenceModel(nn.Module):
             ids = table_rows(values[start:start + n], self.rows[i])
             offsets = torch.cumsum(lengths[i], 0) - lengths[i]
             out = bag(ids, offsets)
-            for j in range(len(self.cold_key)):
-                if self.cold_key[j] == i and ids.numel() > 0:
-                    out = out + self._cold(j, i, ids, lengths[i], domain)
+            for j in range(len(self.row_key)):
+                if self.row_key[j] == i and ids.numel() > 0:
+                    out = out + self._rows(j, i, ids, lengths[i], domain)
             pooled.append(out)
             start += n
         emb = torch.cat(pooled, dim=1)
@@ -140,7 +140,7 @@ class InferenceModel(nn.Module):
         return self.tower(x, emb.view(b, self.num_fields, self.dim))
 
 
-def _cold_pooled(rows: torch.Tensor, vecs: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+def _rows_pooled(rows: torch.Tensor, vecs: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
                  keep: torch.Tensor, mean: bool) -> torch.Tensor:
     b = lengths.shape[0]
     example = torch.repeat_interleave(torch.arange(b), lengths)
@@ -184,13 +184,13 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
     lora = _adapter_weights(state, extra, domains)
     tables = [state[f"ebc.embedding_bags.t_{k}.weight"].float().clone() for k in layout.keys]
     modes = ["mean" if layout.pooling[k].name == "MEAN" else "sum" for k in layout.keys]
-    cold = []  # (key index, domain index, rows, vectors) of the adapters' cold rows
+    learned = []  # (key index, domain index, rows, vectors) of the adapters' own embedding rows
     for tensors, m in extra:
-        for f, rows in cold_rows_of(tensors).items():
+        for f, rows in domain_rows_of(tensors).items():
             if domain is None:
-                cold.append((layout.keys.index(f), domains.index(m["domain"]), rows, tensors[f"cold.{f}.weight"].float()))
+                learned.append((layout.keys.index(f), domains.index(m["domain"]), rows, tensors[f"rows.{f}.weight"].float()))
             elif m["domain"] == domain:  # single-domain artifact: fold the rows into its own tables
-                tables[layout.keys.index(f)][rows] += tensors[f"cold.{f}.weight"].float()
+                tables[layout.keys.index(f)][rows] += tensors[f"rows.{f}.weight"].float()
     tower = build_tower(cfg.model.tower, in_features=len(layout.keys) * cfg.model.embedding_dim + layout.dense_dim,
                         num_fields=len(layout.keys), embedding_dim=cfg.model.embedding_dim, hidden=cfg.model.hidden,
                         activation=cfg.model.activation, dropout=0.0, cross_layers=cfg.model.cross_layers,
@@ -227,7 +227,7 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
                     bias_d[j] = bb
             layers.append(RoutedLinear(layer.weight.detach(), layer.bias.detach(), a, b, bias_d, r))
         routed = RoutedMLP(tower.mlp, layers)
-    model = InferenceModel(layout, tables, tower, routed, modes, cold).eval()
+    model = InferenceModel(layout, tables, tower, routed, modes, learned).eval()
     meta = {"format": "mdctr-inference/1", "keys": layout.keys, "table_rows": [layout.rows[k] for k in layout.keys],
             "dense": [f.name for f in spec.dense_fields], "domains": domains, "domain": domain,
             "tower": cfg.model.tower, "inputs": "values, lengths (key-major jagged), dense, domain",

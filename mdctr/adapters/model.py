@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mdctr.adapters.cold import COLD, ColdRows, cold_delta, cold_modules
+from mdctr.adapters.rows import ROWS, DomainRows, rows_delta, row_modules
 from mdctr.adapters.layer import MLoRALinear, RoutingContext
 from mdctr.domains.config_io import StrictModel
 from mdctr.platform.towers import MLP
@@ -47,16 +47,16 @@ def _route_hook(context: RoutingContext):
     return hook
 
 
-def _cold_hook(model: nn.Module, context: RoutingContext):
-    """Adds the domains' cold rows (:mod:`mdctr.adapters.cold`) to the tower's input."""
+def _rows_hook(model: nn.Module, context: RoutingContext):
+    """Adds the domains' own embedding rows (:mod:`mdctr.adapters.rows`) to the tower's input."""
     keys, dim = list(model.layout.keys), model.embedding_dim
 
     def hook(tower: nn.Module, args: tuple):
-        modules = getattr(model, COLD, None)
+        modules = getattr(model, ROWS, None)
         if not modules:
             return None
         sparse, domain = context.batch
-        delta = cold_delta(dict(modules.items()), context.domain_names, keys, dim, sparse, domain,
+        delta = rows_delta(dict(modules.items()), context.domain_names, keys, dim, sparse, domain,
                            context.routing.single)
         if delta is None:
             return None
@@ -88,7 +88,7 @@ def attach_adapters(model: nn.Module, domain_names: list[str], *, domains: list[
                                                     rank=rank, alpha=alpha)
     model.register_forward_pre_hook(_route_hook(context), with_kwargs=True)
     if hasattr(model, "tower") and hasattr(model, "layout"):
-        model.tower.register_forward_pre_hook(_cold_hook(model, context))
+        model.tower.register_forward_pre_hook(_rows_hook(model, context))
     model.adapter_context = context
     return context
 
@@ -153,30 +153,30 @@ def adapter_tensors(model: nn.Module, domain: str) -> dict[str, torch.Tensor]:
         out[f"{name}.lora_A"] = layer.lora_A[domain].detach().cpu().contiguous()
         out[f"{name}.lora_B"] = layer.lora_B[domain].detach().cpu().contiguous()
         out[f"{name}.lora_bias"] = layer.lora_bias[domain].detach().cpu().contiguous()
-    cold = getattr(inner_model(model), COLD, {})
-    if domain in cold:
-        for f in cold[domain].fields:
-            out[f"cold.{f}.rows"] = cold[domain].rows(f).detach().cpu().contiguous()
-            out[f"cold.{f}.weight"] = cold[domain].weight[f].detach().cpu().contiguous()
+    learned = getattr(inner_model(model), ROWS, {})
+    if domain in learned:
+        for f in learned[domain].fields:
+            out[f"rows.{f}.ids"] = learned[domain].rows(f).detach().cpu().contiguous()
+            out[f"rows.{f}.weight"] = learned[domain].weight[f].detach().cpu().contiguous()
     return out
 
 
-def add_cold_rows(model: nn.Module, domain: str, rows: dict[str, torch.Tensor]) -> ColdRows | None:
-    """Give ``domain`` a (zero) cold-row table for ``rows`` (field -> sorted table rows)."""
+def add_domain_rows(model: nn.Module, domain: str, rows: dict[str, torch.Tensor]) -> DomainRows | None:
+    """Give ``domain`` its own (zero) embedding rows for ``rows`` (field -> sorted table rows)."""
     rows = {f: r for f, r in rows.items() if r.numel()}
     if not rows:
         return None
     model = inner_model(model)
     layout = model.layout
-    module = ColdRows(rows, model.embedding_dim, {f: layout.pooling[f].name == "MEAN" for f in rows})
+    module = DomainRows(rows, model.embedding_dim, {f: layout.pooling[f].name == "MEAN" for f in rows})
     device = next((p.device for p in model.tower.parameters()), torch.device("cpu"))
-    cold_modules(model)[domain] = module.to(device)
+    row_modules(model)[domain] = module.to(device)
     return module
 
 
-def cold_rows_of(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``{field: rows}`` of an adapter file's cold rows (empty if it has none)."""
-    return {k[len("cold."):-len(".rows")]: v for k, v in tensors.items() if k.startswith("cold.") and k.endswith(".rows")}
+def domain_rows_of(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{field: rows}`` of an adapter file's own embedding rows (empty if it has none)."""
+    return {k[len("rows."):-len(".ids")]: v for k, v in tensors.items() if k.startswith("rows.") and k.endswith(".ids")}
 
 
 def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -189,8 +189,8 @@ def load_adapter_tensors(model: nn.Module, domain: str, tensors: dict[str, torch
     """Set (adding if needed) ``domain``'s adapter from :func:`adapter_tensors` output."""
     layers = adapter_layers(model)
     want = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B", "lora_bias")}
-    cold = {k: v for k, v in tensors.items() if k.startswith("cold.")}
-    tensors = {k: v for k, v in tensors.items() if not k.startswith("cold.")}
+    learned = {k: v for k, v in tensors.items() if k.startswith("rows.")}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("rows.")}
     if set(tensors) != want:
         missing, extra = sorted(want - set(tensors)), sorted(set(tensors) - want)
         raise ValueError(f"adapter tensors do not match the model's layers (missing {missing[:3]}, extra {extra[:3]})")
@@ -204,18 +204,18 @@ def load_adapter_tensors(model: nn.Module, domain: str, tensors: dict[str, torch
         layer.lora_A[domain].copy_(a)
         layer.lora_B[domain].copy_(b)
         layer.lora_bias[domain].copy_(bias)
-    if cold:
-        rows = cold_rows_of(cold)
-        modules = getattr(inner_model(model), COLD, {})
+    if learned:
+        rows = domain_rows_of(learned)
+        modules = getattr(inner_model(model), ROWS, {})
         if domain not in modules or any(not torch.equal(modules[domain].rows(f).cpu(), r) for f, r in rows.items()):
-            raise ValueError(f"the model's cold rows for '{domain}' do not match the adapter's (add them before loading)")
+            raise ValueError(f"the model's embedding rows for '{domain}' do not match the adapter's (add them before loading)")
         for f in rows:
-            modules[domain].weight[f].copy_(cold[f"cold.{f}.weight"])
+            modules[domain].weight[f].copy_(learned[f"rows.{f}.weight"])
 
 
 def parameter_share(model: nn.Module, domain: str, backbone_params: int) -> tuple[int, float]:
     """Parameters of ``domain``'s adapter and their share of the backbone's parameters."""
-    n = sum(t.numel() for k, t in adapter_tensors(model, domain).items() if not k.endswith(".rows"))  # rows are ids
+    n = sum(t.numel() for k, t in adapter_tensors(model, domain).items() if not k.endswith(".ids"))  # rows are ids
     return n, n / backbone_params
 
 

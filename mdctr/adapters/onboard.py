@@ -21,10 +21,10 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.files import backbone_identity, check_backbone, read_adapter, save_adapter
-from mdctr.adapters.cold import COLD, find_cold_rows, seen_rows
+from mdctr.adapters.rows import ROWS, find_cold_rows, seen_rows
 from mdctr.adapters.model import (
-    adapter_layers, adapter_tensors, add_cold_rows, add_domain, attach_adapters, backbone_parameter_count,
-    cold_rows_of, freeze_backbone, layer_shapes, load_adapter_tensors,
+    adapter_layers, adapter_tensors, add_domain_rows, add_domain, attach_adapters, backbone_parameter_count,
+    domain_rows_of, freeze_backbone, layer_shapes, load_adapter_tensors,
 )
 from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config, same_tensors
 from mdctr.domains.datasets import resolve_data
@@ -61,7 +61,7 @@ def run_model(run_dir: Path, extra: list[Path] = (), *, new_domain: str | None =
         check_backbone(meta, run_dir, adapter_dir)
         if meta["domain"] not in own:
             add_domain(model, meta["domain"], ranks=meta["rank"])
-        add_cold_rows(model, meta["domain"], cold_rows_of(tensors))
+        add_domain_rows(model, meta["domain"], domain_rows_of(tensors))
     if new_domain is not None:
         if new_domain in own:
             raise ValueError(f"domain '{new_domain}' already has an adapter in {run_dir}")
@@ -77,8 +77,8 @@ def apply_extra(model: nn.Module, run_dir: Path, extra: list[Path]) -> None:
 
 
 def is_domain_param(name: str, domain: str) -> bool:
-    """Whether parameter ``name`` belongs to ``domain``'s adapter (tower layers or cold rows)."""
-    return ("lora_" in name and name.endswith(f".{domain}")) or f"{COLD}.{domain}." in name
+    """Whether parameter ``name`` belongs to ``domain``'s adapter (tower layers or embedding rows)."""
+    return ("lora_" in name and name.endswith(f".{domain}")) or f"{ROWS}.{domain}." in name
 
 
 def backbone_tables(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -110,14 +110,14 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     backbone = backbone_parameter_count(model)
     data_spec = load_spec(data_dir)
     reader = layout.reader(data_dir)
-    cold = {}
+    learned = {}
     rows = overrides.get("rows", "cold")
     if rows != "none":  # the domain's own rows: those the backbone never trained, or all it uses
         seen = seen_rows(reader, domain, [k for k in layout.keys if k in reader.keys],
                          split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed)
-        cold = find_cold_rows(backbone_tables(base), layout, table_seed, seen) if rows == "cold" else \
+        learned = find_cold_rows(backbone_tables(base), layout, table_seed, seen) if rows == "cold" else \
             {k: torch.from_numpy(v.astype("int64")) for k, v in seen.items() if v.size}
-        add_cold_rows(model, domain, cold)
+        add_domain_rows(model, domain, learned)
     freeze_backbone(model)
     for n, p in model.named_parameters():
         if "lora_" in n and not is_domain_param(n, domain):
@@ -138,7 +138,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     metrics = trainer.evaluate("test")
     tensors = adapter_tensors(trainer.model, domain)
     layers = adapter_layers(trainer.model)
-    n_params = sum(t.numel() for k, t in tensors.items() if not k.endswith(".rows"))  # rows are ids
+    n_params = sum(t.numel() for k, t in tensors.items() if not k.endswith(".ids"))  # rows are ids
     meta = {
         "domain": domain,
         "rank": {n: m.ranks[domain] for n, m in layers.items()},
@@ -147,7 +147,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
         **backbone_identity(base),
         "parameters": n_params,
         "rows": rows,
-        "cold_rows": {f: int(r.numel()) for f, r in cold.items()},
+        "row_counts": {f: int(r.numel()) for f, r in learned.items()},
         "parameter_share": round(n_params / backbone, 6),
         "train_seconds": round(time.perf_counter() - t0, 2),
         "epochs": len(fit.history) - 1,
@@ -175,7 +175,7 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``.
 
     ``rows``: which embedding rows the adapter also learns, for this domain's examples only
-    (:mod:`mdctr.adapters.cold`): ``cold`` the rows of the domain's ids the backbone never
+    (:mod:`mdctr.adapters.rows`): ``cold`` the rows of the domain's ids the backbone never
     trained, ``all`` a residual for every row the domain's training data uses (more
     parameters, closest to training the domain in from the start), ``none`` none.
     """

@@ -2,7 +2,7 @@
 
 ``merge`` writes a plain run directory (no adapters; ``mdctr evaluate`` reads it like any
 run) whose tower weights are ``W + (A_d B_d)^T`` and biases ``b + b_d``, and whose tables
-hold the domain's cold rows (:mod:`mdctr.adapters.cold`) added in. Before writing it
+hold the domain's own embedding rows (:mod:`mdctr.adapters.rows`) added in. Before writing it
 checks that the merged model's logits equal the adapted model's within 1e-5 on that
 domain's test rows, and it refuses non-finite merged weights.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
 
-from mdctr.adapters.cold import COLD, fold_into_tables
+from mdctr.adapters.rows import ROWS, fold_into_tables
 from mdctr.adapters.model import adapter_layers, inner_model, is_adapter_param
 from mdctr.adapters.onboard import apply_extra, domain_map_for, run_model
 from mdctr.adapters.files import read_adapter
@@ -80,9 +80,9 @@ def _merge_worker(rank: int, world: int, run_dir: Path, domain: str, extra: list
         for layer in merged:
             layer.unmerge()
         raise
-    cold = getattr(inner_model(trainer.model), COLD, {})
-    if domain in cold:  # its learned rows go into the tables: this run serves only that domain
-        fold_into_tables(trainer.model, cold[domain])
+    learned = getattr(inner_model(trainer.model), ROWS, {})
+    if domain in learned:  # its own rows go into the tables: this run serves only that domain
+        fold_into_tables(trainer.model, learned[domain])
     after = trainer.predict("test")[0]
     gap = float((before - after).abs().max()) if before.numel() else 0.0
     if gap > MERGE_TOLERANCE:

@@ -88,14 +88,14 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
     assert meta["layer_shapes"] == {"tower.mlp.layers.0": [128, 64], "tower.mlp.layers.1": [64, 32]}
     assert meta["metrics"]["domains"]["F"]["auc"] > 0.6
     # F's users were never seen by the backbone: the adapter learned their rows (and only those)
-    assert meta["cold_rows"]["user_id"] > 200 and meta["cold_rows"]["gender"] == 1
+    assert meta["row_counts"]["user_id"] > 200 and meta["row_counts"]["gender"] == 1
     tensors = load_file(str(tmp_path / "adapter-F" / "adapter.safetensors"))
-    cold_users = tensors["cold.user_id.rows"]
+    cold_users = tensors["rows.user_id.ids"]
     train_rows = DatasetReader(data).batches("train", batch_size=10**6, shuffle=False, domains=["M"])
     m_users = set(next(train_rows).sparse["user_id"].values().tolist())
     assert not m_users & set(cold_users.tolist())
-    assert tensors["cold.user_id.weight"].abs().sum() > 0
-    assert meta["parameters"] == sum(t.numel() for k, t in tensors.items() if not k.endswith(".rows"))
+    assert tensors["rows.user_id.weight"].abs().sum() > 0
+    assert meta["parameters"] == sum(t.numel() for k, t in tensors.items() if not k.endswith(".ids"))
     after = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=["M"])
     assert torch.equal(before["logits"], after["logits"])
     with_f = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=["F"])
@@ -133,9 +133,9 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
 
     # without cold rows the adapter is the tower adapter alone (and does worse on F's new users)
     plain = finetune(base, "F", data, tmp_path / "adapter-F-plain", epochs=2, rows="none")
-    assert plain["cold_rows"] == {} and plain["parameters"] < meta["parameters"]
+    assert plain["row_counts"] == {} and plain["parameters"] < meta["parameters"]
     every = finetune(base, "F", data, tmp_path / "adapter-F-all", epochs=1, rows="all")
-    assert every["cold_rows"]["item_id"] > meta["cold_rows"]["item_id"]  # items M also rated get residuals too
+    assert every["row_counts"]["item_id"] > meta["row_counts"]["item_id"]  # items M also rated get residuals too
     assert torch.equal(before["logits"], predict(base, data, adapters=[tmp_path / "adapter-F-all"], domains=["M"])["logits"])
     with pytest.raises(ValueError, match="rows must be one of"):
         finetune(base, "F", data, tmp_path / "adapter-F-bad", rows="some")

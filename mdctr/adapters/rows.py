@@ -1,19 +1,24 @@
-"""Cold rows: embedding rows a domain's adapter learns for ids its frozen backbone never saw.
+"""A domain adapter's own embedding rows, used for that domain's examples only.
 
 A new domain usually brings ids no other domain has (its own items, its own users). The
 frozen backbone never trained their table rows, so they still hold their initial values
-and a tower adapter alone cannot tell those users or items apart. Fine-tuning therefore
-also gives the new domain a small table of its own for exactly those rows: the rows of its
-training data whose backbone weights are still bit-identical to the seeded initialisation
-(:class:`mdctr.platform.model.SeededUniformInit`, so "never trained" is a fact read off the
-checkpoint, for any embedding optimizer). For that domain's examples a looked-up row is
-``backbone[row] + cold[row]`` (``cold`` starts at zero, so a fresh adapter changes nothing);
-every other domain, and every other row, is untouched, which keeps other domains'
-predictions bit-identical. Pooling follows the field's table (sum, or mean over the bag).
+and a tower adapter alone cannot tell those users or items apart. Fine-tuning
+(``mdctr adapters finetune --rows``) therefore also gives the domain rows of its own:
 
-A backbone whose untrained rows do not hold its own seeded init (e.g. tables copied from
-another run trained with another seed) yields no cold rows: the adapter is then the tower
-adapter alone, as before.
+- ``cold`` (default): the rows of its training data whose backbone weights are still
+  bit-identical to the seeded initialisation (:class:`mdctr.platform.model.SeededUniformInit`,
+  so "never trained" is a fact read off the checkpoint, for any embedding optimizer);
+- ``all``: every row its training data uses, as a domain-specific residual (more
+  parameters; closest to having trained the domain in from the start).
+
+For that domain's examples a looked-up row is ``backbone[row] + own[row]`` (``own`` starts
+at zero, so a fresh adapter changes nothing); every other domain, and every other row, is
+untouched, which keeps other domains' predictions bit-identical. Pooling follows the
+field's table (sum, or mean over the bag).
+
+A backbone whose untrained rows do not hold its own seeded init (e.g. tables copied from a
+run trained with another seed) yields no cold rows: the adapter is then the tower adapter
+alone, as before.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from torchrec import KeyedJaggedTensor
 from mdctr.domains.batching import DatasetReader
 from mdctr.platform.model import DOMAIN_KEY, FeatureLayout, SeededUniformInit
 
-COLD = "lora_cold"  # the model attribute (a ModuleDict by domain); "lora_" marks adapter weights
+ROWS = "lora_rows"  # the model attribute (a ModuleDict by domain); "lora_" marks adapter weights
 
 
-class ColdRows(nn.Module):
-    """One domain's learned rows: per field, sorted table rows (buffer) and their vectors."""
+class DomainRows(nn.Module):
+    """One domain's own rows: per field, sorted table rows (buffer) and their vectors."""
 
     def __init__(self, rows: dict[str, torch.Tensor], dim: int, mean: dict[str, bool]):
         super().__init__()
@@ -38,7 +43,7 @@ class ColdRows(nn.Module):
         self.mean = dict(mean)
         for f, r in rows.items():
             if r.numel() and not bool((r[1:] > r[:-1]).all()):
-                raise ValueError(f"cold rows of field '{f}' must be sorted and unique")
+                raise ValueError(f"rows of field '{f}' must be sorted and unique")
             self.register_buffer(f"rows_{f}", r.to(torch.int64))
         self.weight = nn.ParameterDict({f: nn.Parameter(torch.zeros(len(r), dim)) for f, r in rows.items()})
         self.merged = False  # folded into the tables (single-domain serving): add nothing
@@ -50,7 +55,7 @@ class ColdRows(nn.Module):
         return sum(p.numel() for p in self.weight.values())
 
     def pooled(self, field: str, values: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """(B, dim) pooled cold vectors of one field's bags; rows of examples not in ``keep`` get 0."""
+        """(B, dim) pooled own vectors of one field's bags; examples not in ``keep`` get 0."""
         b = lengths.shape[0]
         table, rows = self.weight[field], self.rows(field)
         out = table.new_zeros(b, table.shape[1])
@@ -67,7 +72,7 @@ class ColdRows(nn.Module):
         return out
 
 
-def cold_delta(modules: dict[str, ColdRows], names: list[str], keys: list[str], dim: int, sparse: KeyedJaggedTensor,
+def rows_delta(modules: dict[str, DomainRows], names: list[str], keys: list[str], dim: int, sparse: KeyedJaggedTensor,
                domain: torch.Tensor, single: int | None) -> torch.Tensor | None:
     """(B, len(keys) * dim) additions to the pooled embeddings, or None if nothing applies."""
     delta = None
@@ -119,15 +124,15 @@ def find_cold_rows(tables: dict[str, torch.Tensor], layout: FeatureLayout, seed:
     return out
 
 
-def cold_modules(model: nn.Module) -> nn.ModuleDict:
-    """The model's ``{domain: ColdRows}`` (created empty on first use)."""
-    if not hasattr(model, COLD):
-        setattr(model, COLD, nn.ModuleDict())
-    return getattr(model, COLD)
+def row_modules(model: nn.Module) -> nn.ModuleDict:
+    """The model's ``{domain: DomainRows}`` (created empty on first use)."""
+    if not hasattr(model, ROWS):
+        setattr(model, ROWS, nn.ModuleDict())
+    return getattr(model, ROWS)
 
 
 @torch.no_grad()
-def fold_into_tables(model: nn.Module, module: ColdRows) -> None:
+def fold_into_tables(model: nn.Module, module: DomainRows) -> None:
     """Add ``module``'s rows into the (sharded) tables of ``model`` in place and mark it merged:
     the single-domain serving form, exact for that domain only."""
     state = model.state_dict()

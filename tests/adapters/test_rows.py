@@ -1,16 +1,16 @@
-"""Cold rows (mdctr.adapters.cold): lookup, pooling, routing and which rows are cold."""
+"""Cold rows (mdctr.adapters.rows): lookup, pooling, routing and which rows are cold."""
 
 import numpy as np
 import pytest
 import torch
 from torchrec import KeyedJaggedTensor, PoolingType
 
-from mdctr.adapters.cold import ColdRows, cold_delta, find_cold_rows
+from mdctr.adapters.rows import DomainRows, rows_delta, find_cold_rows
 from mdctr.platform.model import FeatureLayout, SeededUniformInit
 
 
 def module():
-    m = ColdRows({"user": torch.tensor([2, 5, 9]), "tags": torch.tensor([1, 3])}, dim=2,
+    m = DomainRows({"user": torch.tensor([2, 5, 9]), "tags": torch.tensor([1, 3])}, dim=2,
                  mean={"user": False, "tags": True})
     with torch.no_grad():
         m.weight["user"].copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]))
@@ -34,12 +34,12 @@ def test_delta_lands_in_the_fields_columns_for_the_domains_rows_only():
     m = module()
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "tags"], values=torch.tensor([2, 9, 3, 1]),
                                               lengths=torch.tensor([1, 1, 1, 1]))
-    delta = cold_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([1, 0]), single=None)
+    delta = rows_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([1, 0]), single=None)
     # row 0 is domain "new": user 2 -> [1, 0] in columns 2:4, tag 3 -> [8, 0] in 0:2; row 1 untouched
     assert torch.equal(delta, torch.tensor([[8.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
-    assert cold_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([0, 0]), single=0) is None
+    assert rows_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([0, 0]), single=0) is None
     m.merged = True  # folded into the tables: adds nothing
-    assert cold_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([1, 1]), single=1) is None
+    assert rows_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([1, 1]), single=1) is None
 
 
 def test_cold_rows_are_the_seen_rows_still_at_their_seeded_init():
@@ -55,4 +55,4 @@ def test_cold_rows_are_the_seen_rows_still_at_their_seeded_init():
 
 def test_rows_must_be_sorted_and_unique():
     with pytest.raises(ValueError, match="sorted and unique"):
-        ColdRows({"user": torch.tensor([3, 1])}, dim=2, mean={"user": False})
+        DomainRows({"user": torch.tensor([3, 1])}, dim=2, mean={"user": False})
