@@ -81,7 +81,7 @@ def _rows_times(x: torch.Tensor, w: torch.Tensor, sizes: list[int]) -> torch.Ten
     restrictions, so the loop it is.)
     """
     out = x.new_empty(x.shape[0], w.shape[-1])
-    for xs, wi, o in zip(x.split(sizes), w.unbind(0), out.split(sizes)):
+    for xs, wi, o in zip(x.split_with_sizes(sizes), w.unbind(0), out.split_with_sizes(sizes)):
         torch.mm(xs, wi, out=o)
     return out
 
@@ -89,7 +89,7 @@ def _rows_times(x: torch.Tensor, w: torch.Tensor, sizes: list[int]) -> torch.Ten
 def _outer_per_group(g: torch.Tensor, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """``G[i] = g_i^T x_i`` for every row block ``i``, (blocks, g cols, x cols)."""
     out = g.new_empty(len(sizes), g.shape[1], x.shape[1])
-    for gs, xs, o in zip(g.split(sizes), x.split(sizes), out.unbind(0)):
+    for gs, xs, o in zip(g.split_with_sizes(sizes), x.split_with_sizes(sizes), out.unbind(0)):
         torch.mm(gs.t(), xs, out=o)
     return out
 
@@ -143,7 +143,7 @@ class _RoutedLinear(torch.autograd.Function):
         else:
             adds = [bias if k is None else (params[3 * k + 2] if bias is None else bias + params[3 * k + 2])
                     for _, _, k in groups]
-        for rows, c in zip(out.split(sizes), adds):
+        for rows, c in zip(out.split_with_sizes(sizes), adds):
             if c is not None:
                 rows.add_(c)
         ctx.sizes, ctx.groups, ctx.blocks = sizes, groups, [(pos, ks) for pos, ks, _, _ in stacks]
@@ -178,7 +178,7 @@ class _RoutedLinear(torch.autograd.Function):
         n_bd = [k is not None and need[6 + 3 * k] for _, _, k in groups]
         gbias = None
         if need_bias or any(n_bd):
-            sums = [rows.sum(0) for rows in grad.split(ctx.sizes)]
+            sums = [rows.sum(0) for rows in grad.split_with_sizes(ctx.sizes)]
             gbias = torch.stack(sums).sum(0) if need_bias else None
             for i, (_, _, k) in enumerate(groups):
                 if n_bd[i]:
@@ -247,14 +247,17 @@ class MLoRALinear(nn.Linear):
         else:
             counts = routing.counts
         xs = x if routing.order is None else x.index_select(0, routing.order)
+        # the ParameterDicts' own dicts: plain lookups (their __getitem__ goes through
+        # Module.__getattr__, which costs more than the rest of this loop)
+        a_of, b_of, bias_of = self.lora_A._parameters, self.lora_B._parameters, self.lora_bias._parameters
         groups, params, lo = [], [], 0
         for idx, n in enumerate(counts):
             if n:
                 name = names[idx]
                 k = None
-                if name in self.lora_A:
+                if name in a_of:
                     k = len(params) // 3
-                    params += [self.lora_A[name], self.lora_B[name], self.lora_bias[name]]
+                    params += [a_of[name], b_of[name], bias_of[name]]
                 groups.append((lo, lo + n, k))
             lo += n
         out = _RoutedLinear.apply(xs, self.weight, self.bias, groups, *params)
