@@ -126,7 +126,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     trainer = Trainer(cfg, reader, layout, scratch, rank=rank, world_size=world, device=device, model=model,
                       domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
                       trainable=lambda n: is_domain_param(n, domain),
-                      checkpoint_only=lambda n: is_domain_param(n, domain))
+                      keep_only=lambda n: is_domain_param(n, domain))
     state = ckpt.read_state(base / "checkpoints")
     ckpt.load(trainer.model, None, ckpt.epoch_dir(base / "checkpoints", state.best_epoch), partial=True)
     before = backbone_snapshot(trainer.model)

@@ -66,12 +66,9 @@ def write_state(ckpt_dir: Path, state: TrainState) -> None:
     write_json(raw, Path(ckpt_dir) / STATE_FILE)
 
 
-def save(model: nn.Module, optimizer, directory: Path, *, only: Callable[[str], bool] | None = None) -> None:
-    """Collective: every rank writes its shards of model and optimizer state (``only``: just
-    the model entries whose names pass)."""
+def save(model: nn.Module, optimizer, directory: Path) -> None:
+    """Collective: every rank writes its shards of model and optimizer state."""
     state = {"model": model.state_dict()}
-    if only is not None:
-        state["model"] = {k: v for k, v in state["model"].items() if only(k)}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
     dcp.save(state, checkpoint_id=str(directory))

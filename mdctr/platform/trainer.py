@@ -65,9 +65,9 @@ class Trainer:
             (e.g. to join features looked up by id).
         train_split: the split trained on (``None``: every row of the selection, e.g. a
             time window that has no held-out part).
-        checkpoint_only: checkpoint only the model entries whose names pass (and no
-            optimizer state), for fine-tuning a few weights of a frozen model: epochs are
-            then cheap to save but the run cannot be resumed.
+        keep_only: instead of checkpointing every epoch, keep the best epoch's copy of
+            just the model entries whose names pass, in memory: for fine-tuning a few
+            weights of a frozen model (no checkpoint files; the run cannot be resumed).
 
     With ``cfg.train.validation`` off, the trainer validates nothing and keeps the last epoch.
     """
@@ -79,9 +79,10 @@ class Trainer:
                  domain_map: torch.Tensor | None = None, group_domains: bool = False, progress: bool = True,
                  window: tuple[int | None, int | None] | None = None,
                  transform: Callable[[Batch], Batch] | None = None, train_split: str | None = "train",
-                 checkpoint_only: Callable[[str], bool] | None = None):
+                 keep_only: Callable[[str], bool] | None = None):
         self.cfg, self.reader, self.layout = cfg, reader, layout
-        self.checkpoint_only = checkpoint_only
+        self.keep_only = keep_only
+        self._kept: dict[str, torch.Tensor] = {}  # keep_only: the best epoch's entries
         self.ckpt_dir = Path(ckpt_dir)
         self.rank, self.world_size, self.device = rank, world_size, device
         self.domains = domains if domains is not None else cfg.train.domains
@@ -191,8 +192,8 @@ class Trainer:
         epoch 0 and competes with the trained epochs (1..epochs), so fine-tuning never ends
         worse on validation than where it started.
         """
-        if resume and self.checkpoint_only is not None:
-            raise ValueError("a trainer that checkpoints only some weights cannot resume")
+        if resume and self.keep_only is not None:
+            raise ValueError("a trainer that keeps only some weights in memory cannot resume")
         state = ckpt.read_state(self.ckpt_dir) if resume else None
         if state is not None and state.last_epoch >= 0:
             self.dense_opt.init_state()  # optimizer state is lazy: create it so DCP loads into it
@@ -213,8 +214,13 @@ class Trainer:
             self._end_epoch(state, epoch, train_loss, t0, last=epoch == end - 1)
         if state.best_epoch < 0:
             raise RuntimeError(f"{self.ckpt_dir}: no epoch finished, nothing to evaluate")
-        ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch),
-                  partial=self.checkpoint_only is not None)
+        if self.keep_only is None:
+            ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch))
+        else:
+            with torch.no_grad():
+                current = self.model.state_dict()
+                for k, v in self._kept.items():
+                    current[k].copy_(v)
         return state
 
     def _end_epoch(self, state: ckpt.TrainState, epoch: int, train_loss: float | None, t0: float, *,
@@ -227,10 +233,13 @@ class Trainer:
         else:  # no validation: the latest epoch is the model
             valid = {"auc": None, "wauc": None, "logloss": None}
             wauc, improved = float("-inf"), True
-        if self.checkpoint_only is None:
+        if self.keep_only is None:
             ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
-        else:
-            ckpt.save(self.model, None, ckpt.epoch_dir(self.ckpt_dir, epoch), only=self.checkpoint_only)
+        elif improved:
+            kept = {k: v for k, v in self.model.state_dict().items() if self.keep_only(k)}
+            if any(type(v) is not torch.Tensor for v in kept.values()):
+                raise ValueError("keep_only must select plain (unsharded) tensors")
+            self._kept = {k: v.detach().clone() for k, v in kept.items()}
         state.last_epoch = epoch
         if improved:
             state.best_epoch, state.best_wauc, state.bad_epochs = epoch, wauc, 0
@@ -241,6 +250,7 @@ class Trainer:
                               "valid_auc": valid["auc"], "valid_wauc": valid["wauc"],
                               "valid_logloss": valid["logloss"], "seconds": round(time.perf_counter() - t0, 2)})
         if self.rank == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_state(self.ckpt_dir, state)
             ckpt.prune(self.ckpt_dir, state)
             loss = "(start)" if train_loss is None else f"train_loss {train_loss:.5f}"

@@ -183,3 +183,50 @@ def test_world_size_two_matches_world_size_one(ml_gender, tmp_path, shared_run, 
     assert abs(two["auc"] - one["auc"]) <= 0.003
     assert set(two["domains"]) == {"F", "M"}
     assert two["n"] == one["n"]
+
+
+def test_keep_only_restores_the_best_epochs_weights_from_memory(ml_gender, tmp_path, make_config):
+    """Fine-tuning a few weights: the best epoch's copy of just those entries is kept in
+    memory (no checkpoint files) and is what the trainer ends with."""
+    import torch
+
+    from mdctr.domains.spec import load_spec
+    from mdctr.platform.distributed import launch
+    from mdctr.platform.model import CTRModel, feature_layout
+    from mdctr.platform.trainer import Trainer
+
+    cfg = make_config(ml_gender, train={"epochs": 4, "patience": 4})
+    layout = feature_layout(load_spec(ml_gender), cfg.model, cfg.baseline)
+    tower = lambda name: name.startswith("tower.")  # noqa: E731
+    out = {}
+
+    def work(rank, world):
+        model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
+        model.embeddings_frozen = True  # only the tower moves
+        trainer = Trainer(cfg, layout.reader(ml_gender), layout, tmp_path / "ck", progress=False, model=model,
+                          trainable=tower, keep_only=tower)
+        scores, seen = iter([0.60, 0.90, 0.70, 0.80]), []  # epoch 1 is the best, epoch 3 the last
+        real = trainer.evaluate
+
+        def evaluate(split, *args, **kwargs):
+            if split != "valid":
+                return real(split, *args, **kwargs)
+            seen.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items() if tower(k)})
+            return {"auc": None, "wauc": next(scores), "logloss": None}
+
+        trainer.evaluate = evaluate
+        state = trainer.fit()
+        out["state"] = state
+        out["final"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if tower(k)}
+        out["seen"] = seen
+        with pytest.raises(ValueError, match="cannot resume"):
+            trainer.fit(resume=True)
+
+    launch(work, 1)
+    state, seen, final = out["state"], out["seen"], out["final"]
+    assert (state.best_epoch, state.last_epoch) == (1, 3)
+    assert set(final) == {f"tower.mlp.{m}.{w}" for m in ("layers.0", "layers.1", "head") for w in ("weight", "bias")}
+    for k, v in final.items():
+        assert torch.equal(v, seen[1][k]), k  # the best epoch's weights are back ...
+    assert any(not torch.equal(seen[3][k], seen[1][k]) for k in final)  # ... not the last epoch's
+    assert not any(p.name.startswith("epoch-") for p in (tmp_path / "ck").iterdir())
