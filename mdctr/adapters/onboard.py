@@ -81,12 +81,13 @@ def is_domain_param(name: str, domain: str) -> bool:
     return ("lora_" in name and name.endswith(f".{domain}")) or f"{ROWS}.{domain}." in name
 
 
-def backbone_tables(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The full embedding tables of a run's best checkpoint, by field."""
+def backbone_tables(run_dir: Path, fields: list[str]) -> dict[str, torch.Tensor]:
+    """The full embedding tables of ``fields`` in a run's best checkpoint (nothing else is read)."""
     state = ckpt.read_state(run_dir / "checkpoints")
-    model = _load_state_dict_from_keys(checkpoint_id=str(ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch)))["model"]
-    prefix, suffix = "ebc.embedding_bags.t_", ".weight"
-    return {k[len(prefix):-len(suffix)]: v for k, v in model.items() if k.startswith(prefix) and k.endswith(suffix)}
+    keys = {f: f"ebc.embedding_bags.t_{f}.weight" for f in fields}
+    model = _load_state_dict_from_keys(keys={f"model.{k}" for k in keys.values()},
+                                       checkpoint_id=str(ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch)))["model"]
+    return {f: model[k] for f, k in keys.items()}
 
 
 def domain_map_for(data_names: list[str], model_names: list[str]) -> torch.Tensor:
@@ -115,7 +116,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     if rows != "none":  # the domain's own rows: those the backbone never trained, or all it uses
         seen = seen_rows(reader, domain, [k for k in layout.keys if k in reader.keys],
                          split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed)
-        learned = find_cold_rows(backbone_tables(base), layout, table_seed, seen) if rows == "cold" else \
+        learned = find_cold_rows(backbone_tables(base, list(seen)), layout, table_seed, seen) if rows == "cold" else \
             {k: torch.from_numpy(v.astype("int64")) for k, v in seen.items() if v.size}
         add_domain_rows(model, domain, learned)
     freeze_backbone(model)
