@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mdctr.adapters.rows import ROWS, DomainRows, rows_delta, row_modules
 from mdctr.adapters.layer import MLoRALinear, RoutingContext
+from mdctr.adapters.rows import ROWS, DomainRows, row_modules, rows_delta
 from mdctr.domains.config_io import StrictModel
 from mdctr.platform.towers import MLP
 
