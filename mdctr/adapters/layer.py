@@ -5,15 +5,17 @@ For an example of domain ``d`` the layer computes (row-vector convention, ``x`` 
     y = x W^T + b + (x A_d) B_d + b_d        A_d: (in, r)   B_d: (r, out)   b_d: (out,)
 
 ``A_d`` is glorot-initialised, ``B_d`` and ``b_d`` are zero, so a fresh adapter changes
-nothing; the rank is ``r = max(out // alpha, 1)`` unless given. Adapters are kept by domain
-name in ``ParameterDict`` s (as PEFT keeps ``lora_A``/``lora_B`` by adapter name).
+nothing (its merged weight ``W^T + A_d B_d`` is ``W^T`` exactly; outputs agree with the
+plain layer up to the GEMM's summation order); the rank is ``r = max(out // alpha, 1)``
+unless given. Adapters are kept by domain name in ``ParameterDict`` s (as PEFT keeps
+``lora_A``/``lora_B`` by adapter name). Each domain's rows are computed with its merged
+weight (:class:`_RoutedLinear`).
 
 Routing: before a forward, :class:`Routing` is set on the layer's shared
-:class:`RoutingContext` with the batch's domain index; a batch of one domain takes a fast
-path, a batch whose rows are already grouped by domain (training batches:
-``group_domains``) is cut into contiguous slices, and any other mixed batch is grouped by
-one sort per forward, shared by every layer. The loop runs over the domains present,
-never over examples.
+:class:`RoutingContext` with the batch's domain index; a batch of one domain is one block,
+a batch whose rows are already grouped by domain (training batches: ``group_domains``) is
+cut into contiguous blocks, and any other mixed batch is grouped by one sort per forward,
+shared by every layer. The loop runs over the domains present, never over examples.
 
 >>> import torch
 >>> ctx = RoutingContext(["F", "M"])
@@ -103,12 +105,12 @@ class _RoutedLinear(torch.autograd.Function):
 
     Each domain's rows are computed with its merged weight, ``x (W^T + A_d B_d) + b + b_d``:
     the same FLOPs and activation traffic as the base layer, plus ``in x r x out`` per domain
-    for the merge. Backward reuses that: with
-    ``G_d = g_d^T x_d`` (the domain's share of the weight gradient, which the base computes
-    anyway) the adapter gradients are small products of weights,
-    ``dA_d = (B_d G_d)^T`` and ``dB_d = A_d^T G_d^T``; ``dx_d = g_d (W + (A_d B_d)^T)``. The
-    low-rank path ``(x A_d) B_d`` instead costs about ten extra passes over the activations
-    (one per small GEMM or add), which dominated the step on CPU (benchmarks/adapter_overhead.py).
+    for the merge. Backward reuses that: with ``G_d = x_d^T g_d`` (in, out), the domain's
+    share of the weight gradient, which the base computes anyway, the adapter gradients are
+    small products of weights, ``dA_d = G_d B_d^T`` and ``dB_d = A_d^T G_d``, and
+    ``dx_d = g_d (W^T + A_d B_d)^T``. The low-rank path ``(x A_d) B_d`` instead costs about ten
+    extra passes over the activations (one per small GEMM or add), which dominated the step
+    on CPU (benchmarks/adapter_overhead.py).
     """
 
     @staticmethod
@@ -169,7 +171,7 @@ class _RoutedLinear(torch.autograd.Function):
             if need_ab:
                 for (pos, ks), a_s, b_s in zip(ctx.blocks, stacked[0::2], stacked[1::2]):
                     g_s = gt if len(pos) == len(groups) else gt[pos]
-                    g_a = torch.bmm(b_s, g_s).transpose(1, 2).contiguous()  # G_d B_d^T, (n, in, r)
+                    g_a = torch.bmm(b_s, g_s).transpose(1, 2).contiguous()  # (B_d G_d^T)^T = G_d B_d^T, (n, in, r)
                     g_b = torch.bmm(a_s.transpose(1, 2), g_s.transpose(1, 2))  # A_d^T G_d, (n, r, out)
                     for j, k in enumerate(ks):
                         grads[3 * k] = g_a[j] if need[4 + 3 * k] else None
