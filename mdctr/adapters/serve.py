@@ -45,11 +45,13 @@ def list_adapters(run_dir: str | Path, extra: list[str | Path] = ()) -> list[dic
         for d in cfg.train.domains or layout.domain_names:
             rows.append({"domain": d, "source": "run", "mode": cfg.adapters.mode, "alpha": cfg.adapters.alpha,
                          "parameters": params.get("adapter_per_domain", {}).get(d),
-                         "share": params.get("adapter_share_per_domain", {}).get(d)})
+                         "share": params.get("adapter_share_per_domain", {}).get(d), "rows": "-"})
     for adapter_dir in extra:
         _, meta = read_adapter(adapter_dir)
+        counts = meta.get("row_counts", {})
         rows.append({"domain": meta["domain"], "source": str(adapter_dir), "mode": "finetune",
-                     "alpha": meta.get("alpha"), "parameters": meta["parameters"], "share": meta["parameter_share"]})
+                     "alpha": meta.get("alpha"), "parameters": meta["parameters"], "share": meta["parameter_share"],
+                     "rows": f"{meta.get('rows', 'none')} ({sum(counts.values()):,})" if counts else "none"})
     return rows
 
 

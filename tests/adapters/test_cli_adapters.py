@@ -46,6 +46,8 @@ def test_finetune_list_merge_export(base):
     assert summary.startswith("adapter 'F': ") and "all rows: user_id " in summary and summary.endswith("-> adapter-F")
     listed = _mdctr("adapters", "list", "--run", "base", "--adapter", "adapter-F", cwd=root)
     assert listed.returncode == 0 and "adapter-F" in listed.stdout
+    f_line = next(line for line in listed.stdout.splitlines() if "adapter-F" in line)
+    assert f"all ({sum(meta['row_counts'].values()):,})" in f_line
     merged = _mdctr("adapters", "merge", "--run", "base", "--domain", "F", "--adapter", "adapter-F",
                     "--out", "merged-F", cwd=root)
     assert merged.returncode == 0, merged.stderr
