@@ -152,6 +152,7 @@ class _RoutedLinear(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, merged, *[t for _, _, a_s, b_s in stacks for t in (a_s, b_s)])
         ctx.n_params = len(params)
+        ctx.param_meta = [(p.shape, p.dtype, p.device) for p in params]  # zero gradients for absent domains
         return out
 
     @staticmethod
@@ -185,6 +186,10 @@ class _RoutedLinear(torch.autograd.Function):
             for i, (_, _, k) in enumerate(groups):
                 if n_bd[i]:
                     grads[3 * k + 2] = sums[i]
+        present = {k for _, _, k in groups}
+        for k, (shape, dtype, device) in enumerate(ctx.param_meta):
+            if k // 3 not in present and need[4 + k]:
+                grads[k] = torch.zeros(shape, dtype=dtype, device=device)
         return (gx, gw, gbias, None, *grads)
 
 
@@ -252,15 +257,15 @@ class MLoRALinear(nn.Linear):
         # the ParameterDicts' own dicts: plain lookups (their __getitem__ goes through
         # Module.__getattr__, which costs more than the rest of this loop)
         a_of, b_of, bias_of = self.lora_A._parameters, self.lora_B._parameters, self.lora_bias._parameters
-        groups, params, lo = [], [], 0
+        # every adapter goes in, also those of domains absent from this batch: they get zero
+        # gradients rather than none, so every rank of a data-parallel run (DDP with a static
+        # graph) uses the same parameters whatever domains its batch holds
+        index = {name: k for k, name in enumerate(a_of)}
+        params = [t for name in a_of for t in (a_of[name], b_of[name], bias_of[name])]
+        groups, lo = [], 0
         for idx, n in enumerate(counts):
             if n:
-                name = names[idx]
-                k = None
-                if name in a_of:
-                    k = len(params) // 3
-                    params += [a_of[name], b_of[name], bias_of[name]]
-                groups.append((lo, lo + n, k))
+                groups.append((lo, lo + n, index.get(names[idx])))
             lo += n
         out = _RoutedLinear.apply(xs, self.weight, self.bias, groups, *params)
         return out if routing.inverse is None else out.index_select(0, routing.inverse)

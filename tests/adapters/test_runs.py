@@ -175,3 +175,17 @@ def test_scripted_id_map_equals_numpy_rule():
     ids = np.concatenate([np.arange(60), np.random.default_rng(0).integers(0, 2**62, 5000), [2**63 - 1]])
     for n in (1, 7, 944, 1_000_003):
         assert (table_rows(torch.tensor(ids), n).numpy() == numpy_rows(ids, n)).all()
+
+
+@pytest.mark.slow
+def test_world_size_two_trains_when_a_rank_batch_lacks_domains(tmp_path):
+    """21 occupation domains, 32 rows per rank and step: most batches lack some domains. Every
+    rank must still use every adapter (zero gradients for absent ones), or DDP's static graph
+    fails."""
+    data = resolve_data("movielens-100k:occupation")
+    cfg = MLoRATrainConfig.model_validate({
+        "data": str(data), "model": {"hidden": [64, 32]},
+        "train": {"epochs": 1, "batch_size": 64, "seed": 0}, "adapters": {"mode": "joint", "alpha": 8},
+    })
+    two = train(cfg, tmp_path / "ws2", world_size=2)
+    assert len(two["domains"]) == 21 and two["auc"] > 0.75
