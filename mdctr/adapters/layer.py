@@ -5,8 +5,8 @@ For an example of domain ``d`` the layer computes (row-vector convention, ``x`` 
     y = x W^T + b + (x A_d) B_d + b_d        A_d: (in, r)   B_d: (r, out)   b_d: (out,)
 
 ``A_d`` is glorot-initialised, ``B_d`` and ``b_d`` are zero, so a fresh adapter changes
-nothing (its merged weight ``W^T + A_d B_d`` is ``W^T`` exactly; outputs agree with the
-plain layer up to the GEMM's summation order); the rank is ``r = max(out // alpha, 1)``
+nothing (its merged weight ``W^T + A_d B_d`` is ``W^T`` exactly, and the bias goes into the
+GEMM as in ``nn.functional.linear``); the rank is ``r = max(out // alpha, 1)``
 unless given. Adapters are kept by domain name in ``ParameterDict`` s (as PEFT keeps
 ``lora_A``/``lora_B`` by adapter name). Each domain's rows are computed with its merged
 weight (:class:`_RoutedLinear`).
@@ -21,8 +21,8 @@ shared by every layer. The loop runs over the domains present, never over exampl
 >>> ctx = RoutingContext(["F", "M"])
 >>> layer = MLoRALinear.from_linear(torch.nn.Linear(6, 4), ctx, ["F", "M"], rank=2)
 >>> x = torch.randn(5, 6)
->>> ctx.set(torch.tensor([0, 1, 1, 0, 1]))
->>> torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
+>>> ctx.set(torch.tensor([0, 0, 1, 1, 1]))  # rows grouped by domain, as in training
+>>> bool(torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)))
 True
 """
 
@@ -76,15 +76,23 @@ class RoutingContext:
         self.routing = Routing(single=None, order=order, inverse=inverse, counts=counts)
 
 
-def _rows_times(x: torch.Tensor, w: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Row block ``i`` of the result (``sizes[i]`` rows) is that block of ``x`` times ``w[i]``.
+def _rows_times(x: torch.Tensor, w: torch.Tensor, sizes: list[int],
+                adds: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Row block ``i`` of the result (``sizes[i]`` rows) is that block of ``x`` times ``w[i]``,
+    plus ``adds[i]`` (a row vector) if given.
 
-    (torch's ``grouped_mm`` does the same on CPU at the same speed, with alignment and dtype
-    restrictions, so the loop it is.)
+    The vector goes into the GEMM (``addmm``), as ``nn.functional.linear`` does, so a block
+    whose ``w[i]`` is the plain weight gives the plain layer's bits. (torch's ``grouped_mm``
+    does the products on CPU at the same speed, without the vector and with alignment and
+    dtype restrictions, so the loop it is.)
     """
     out = x.new_empty(x.shape[0], w.shape[-1])
-    for xs, wi, o in zip(x.split_with_sizes(sizes), w.unbind(0), out.split_with_sizes(sizes)):
-        torch.mm(xs, wi, out=o)
+    adds = adds if adds is not None else [None] * len(sizes)
+    for xs, wi, o, c in zip(x.split_with_sizes(sizes), w.unbind(0), out.split_with_sizes(sizes), adds):
+        if c is None:
+            torch.mm(xs, wi, out=o)
+        else:
+            torch.addmm(c, xs, wi, out=o)
     return out
 
 
@@ -138,16 +146,13 @@ class _RoutedLinear(torch.autograd.Function):
                 merged[pos] = torch.baddbmm(weight.expand(len(pos), *weight.shape), b_s.transpose(1, 2),
                                             a_s.transpose(1, 2))
         sizes = [hi - lo for lo, hi, _ in groups]
-        out = _rows_times(x, merged.transpose(1, 2), sizes)  # (W + (A_d B_d)^T) is (out, in) per group
         if len(stacks) == 1 and len(stacks[0][0]) == n_groups:
             adds = torch.stack([params[3 * k + 2] for k in stacks[0][1]])
-            adds = (adds if bias is None else adds + bias).unbind(0)
+            adds = list((adds if bias is None else adds + bias).unbind(0))
         else:
             adds = [bias if k is None else (params[3 * k + 2] if bias is None else bias + params[3 * k + 2])
                     for _, _, k in groups]
-        for rows, c in zip(out.split_with_sizes(sizes), adds):
-            if c is not None:
-                rows.add_(c)
+        out = _rows_times(x, merged.transpose(1, 2), sizes, adds)  # (W + (A_d B_d)^T) is (out, in) per group
         ctx.sizes, ctx.groups, ctx.blocks = sizes, groups, [(pos, ks) for pos, ks, _, _ in stacks]
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, merged, *[t for _, _, a_s, b_s in stacks for t in (a_s, b_s)])
