@@ -19,8 +19,8 @@ artifact and looked up per row of their domain in an all-domain one.
 from __future__ import annotations
 
 import json
-from typing import List
 from pathlib import Path
+from typing import List
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from
 
 from mdctr.adapters.files import check_backbone, read_adapter
 from mdctr.adapters.model import domain_rows_of
+from mdctr.adapters.rows import pool_rows
 from mdctr.adapters.run import load_config
 from mdctr.domains.errors import DataContractError
 from mdctr.domains.writer import atomic_dir, check_output
@@ -113,7 +114,7 @@ class InferenceModel(nn.Module):
         self.dim = tables[0].shape[1]
 
     def _rows(self, j: int, i: int, ids: torch.Tensor, lengths: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        return _rows_pooled(self.row_ids[j], self.row_vecs[j], ids, lengths, domain == self.row_domain[j],
+        return pool_rows(self.row_ids[j], self.row_vecs[j], ids, lengths, domain == self.row_domain[j],
                             self.mean[i])
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor, dense: torch.Tensor,
@@ -138,18 +139,6 @@ class InferenceModel(nn.Module):
         if self.routed is not None:
             return self.routed(x, domain)
         return self.tower(x, emb.view(b, self.num_fields, self.dim))
-
-
-def _rows_pooled(rows: torch.Tensor, vecs: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
-                 keep: torch.Tensor, mean: bool) -> torch.Tensor:
-    b = lengths.shape[0]
-    example = torch.repeat_interleave(torch.arange(b), lengths)
-    pos = torch.clamp(torch.searchsorted(rows, ids), max=rows.shape[0] - 1)
-    hit = (rows[pos] == ids) & keep[example]
-    out = torch.zeros(b, vecs.shape[1]).index_add(0, example[hit], vecs[pos[hit]])
-    if mean:
-        out = out / torch.clamp(lengths, min=1).unsqueeze(1).to(out.dtype)
-    return out
 
 
 def _adapter_weights(state: dict, extra: list[tuple[dict, dict]], domains: list[str]) -> dict:

@@ -137,7 +137,8 @@ class _RoutedLinear(torch.autograd.Function):
             a_s = torch.stack([params[3 * k] for k in ks])  # (n, in, r)
             b_s = torch.stack([params[3 * k + 1] for k in ks])  # (n, r, out)
             stacks.append((pos, ks, a_s, b_s))
-        if len(stacks) == 1 and len(stacks[0][0]) == n_groups:  # the common case: no copies
+        one_block = len(stacks) == 1 and len(stacks[0][0]) == n_groups  # every domain adapted, one rank
+        if one_block:  # the common case: no copies
             _, _, a_s, b_s = stacks[0]
             merged = torch.baddbmm(weight.expand(n_groups, *weight.shape), b_s.transpose(1, 2), a_s.transpose(1, 2))
         else:
@@ -146,7 +147,7 @@ class _RoutedLinear(torch.autograd.Function):
                 merged[pos] = torch.baddbmm(weight.expand(len(pos), *weight.shape), b_s.transpose(1, 2),
                                             a_s.transpose(1, 2))
         sizes = [hi - lo for lo, hi, _ in groups]
-        if len(stacks) == 1 and len(stacks[0][0]) == n_groups:
+        if one_block:
             adds = torch.stack([params[3 * k + 2] for k in stacks[0][1]])
             adds = list((adds if bias is None else adds + bias).unbind(0))
         else:

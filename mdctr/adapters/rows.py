@@ -56,11 +56,9 @@ class DomainRows(nn.Module):
 
     def pooled(self, field: str, values: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """(B, dim) pooled own vectors of one field's bags; examples not in ``keep`` get 0."""
-        b = lengths.shape[0]
-        table, rows = self.weight[field], self.rows(field)
-        out = table.new_zeros(b, table.shape[1])
-        if rows.numel() == 0 or values.numel() == 0:
-            return out
+        if keep is None:
+            keep = torch.ones(lengths.shape[0], dtype=torch.bool, device=lengths.device)
+        return pool_rows(self.rows(field), self.weight[field], values, lengths, keep, self.mean[field])
         example = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)
         pos = torch.searchsorted(rows, values).clamp_(max=rows.numel() - 1)
         hit = rows[pos] == values
@@ -70,6 +68,24 @@ class DomainRows(nn.Module):
         if self.mean[field]:
             out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
         return out
+
+
+def pool_rows(rows: torch.Tensor, vecs: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
+              keep: torch.Tensor, mean: bool) -> torch.Tensor:
+    """(B, dim): for each bag (``lengths`` over ``values``, table rows) of an example in
+    ``keep``, the sum (``mean``: mean over the bag) of ``vecs`` of its values found in the
+    sorted ``rows``. Scriptable: exported artifacts run it too."""
+    b = lengths.shape[0]
+    out = torch.zeros(b, vecs.shape[1], dtype=vecs.dtype, device=vecs.device)
+    if rows.shape[0] == 0 or values.shape[0] == 0:
+        return out
+    example = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)
+    pos = torch.clamp(torch.searchsorted(rows, values), max=rows.shape[0] - 1)
+    hit = (rows[pos] == values) & keep[example]
+    out = out.index_add(0, example[hit], vecs[pos[hit]])
+    if mean:
+        out = out / torch.clamp(lengths, min=1).unsqueeze(1).to(out.dtype)
+    return out
 
 
 def rows_delta(modules: dict[str, DomainRows], names: list[str], keys: list[str], dim: int, sparse: KeyedJaggedTensor,
