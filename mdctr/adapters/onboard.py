@@ -105,14 +105,14 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     table_seed = cfg.train.seed  # the backbone's tables were initialised from it
     raw = cfg.model_dump()
     raw["train"].update({k: v for k, v in overrides.items() if k in ("epochs", "seed") and v is not None})
-    if overrides.get("lr") is not None:
-        raw["optim"]["dense"]["lr"] = overrides["lr"]
+    lr = overrides.get("lr") or raw["optim"]["dense"]["lr"] * FINETUNE_LR_SCALE
+    raw["optim"]["dense"]["lr"] = lr
     cfg = type(cfg).model_validate(raw)
     backbone = backbone_parameter_count(model)
     data_spec = load_spec(data_dir)
     reader = layout.reader(data_dir)
     learned = {}
-    rows = overrides.get("rows", "cold")
+    rows = overrides["rows"]
     if rows != "none":  # the domain's own rows: those the backbone never trained, or all it uses
         seen = seen_rows(reader, domain, [k for k in layout.keys if k in reader.keys],
                          split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed)
@@ -147,6 +147,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
         "layer_shapes": layer_shapes(trainer.model),
         **backbone_identity(base),
         "parameters": n_params,
+        "lr": lr,
         "rows": rows,
         "row_counts": {f: int(r.numel()) for f, r in learned.items()},
         "parameter_share": round(n_params / backbone, 6),
@@ -167,18 +168,25 @@ def _has(model: nn.Module, domain: str) -> bool:
     return all(domain in m.lora_A for m in adapter_layers(model).values())
 
 
-ROW_MODES = ("cold", "all", "none")
+ROW_MODES = ("all", "cold", "none")
+#: fine-tuning's default learning rate is the backbone's dense lr times this. The adapter
+#: starts at zero on a frozen backbone; at 1x it was still improving after as many epochs
+#: as the pretraining ran, at 10x it peaks after 2-3 (benchmarks/adapter_onboarding.py), as
+#: LoRA fine-tuning usually runs at a higher lr than full training. ``--lr`` overrides it.
+FINETUNE_LR_SCALE = 10.0
 
 
 def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *, epochs: int | None = None,
              lr: float | None = None, alpha: int | None = None, rank: int | None = None, seed: int | None = None,
-             rows: str = "cold", overwrite: bool = False) -> dict:
+             rows: str = "all", overwrite: bool = False) -> dict:
     """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``.
 
     ``rows``: which embedding rows the adapter also learns, for this domain's examples only
-    (:mod:`mdctr.adapters.rows`): ``cold`` the rows of the domain's ids the backbone never
-    trained, ``all`` a residual for every row the domain's training data uses (more
-    parameters, closest to training the domain in from the start), ``none`` none.
+    (:mod:`mdctr.adapters.rows`): ``all`` (default) a residual for every row the domain's
+    training data uses (closest to training the domain in from the start), ``cold`` only
+    the rows of the domain's ids the backbone never trained (a smaller adapter), ``none``
+    none (the tower adapter alone). ``lr`` defaults to the backbone's dense lr times
+    :data:`FINETUNE_LR_SCALE`.
     """
     if rows not in ROW_MODES:
         raise ValueError(f"rows must be one of {ROW_MODES}, got {rows!r}")

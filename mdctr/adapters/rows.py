@@ -5,11 +5,12 @@ frozen backbone never trained their table rows, so they still hold their initial
 and a tower adapter alone cannot tell those users or items apart. Fine-tuning
 (``mdctr adapters finetune --rows``) therefore also gives the domain rows of its own:
 
-- ``cold`` (default): the rows of its training data whose backbone weights are still
+- ``all`` (default): every row its training data uses, as a domain-specific residual
+  (closest to having trained the domain in from the start);
+- ``cold``: only the rows of its training data whose backbone weights are still
   bit-identical to the seeded initialisation (:class:`mdctr.platform.model.SeededUniformInit`,
-  so "never trained" is a fact read off the checkpoint, for any embedding optimizer);
-- ``all``: every row its training data uses, as a domain-specific residual (more
-  parameters; closest to having trained the domain in from the start).
+  so "never trained" is a fact read off the checkpoint, for any embedding optimizer): a
+  smaller adapter that leaves the rows other domains trained to the tower adapter.
 
 For that domain's examples a looked-up row is ``backbone[row] + own[row]`` (``own`` starts
 at zero, so a fresh adapter changes nothing); every other domain, and every other row, is
@@ -59,15 +60,6 @@ class DomainRows(nn.Module):
         if keep is None:
             keep = torch.ones(lengths.shape[0], dtype=torch.bool, device=lengths.device)
         return pool_rows(self.rows(field), self.weight[field], values, lengths, keep, self.mean[field])
-        example = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)
-        pos = torch.searchsorted(rows, values).clamp_(max=rows.numel() - 1)
-        hit = rows[pos] == values
-        if keep is not None:
-            hit &= keep[example]
-        out = out.index_add(0, example[hit], table[pos[hit]])
-        if self.mean[field]:
-            out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
-        return out
 
 
 def pool_rows(rows: torch.Tensor, vecs: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,

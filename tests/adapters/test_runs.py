@@ -10,7 +10,7 @@ import torch
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.model import AdapterConfig
-from mdctr.adapters.onboard import finetune, predict
+from mdctr.adapters.onboard import FINETUNE_LR_SCALE, finetune, predict
 from mdctr.adapters.run import MLoRATrainConfig, evaluate, train
 from mdctr.adapters.serve import list_adapters, merge
 from mdctr.domains.datasets import resolve_data
@@ -82,7 +82,7 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
     train(config(data, domains=["M"]), base)  # F held back
     assert [r["domain"] for r in list_adapters(base)] == ["M"]
     before = predict(base, data, domains=["M"])
-    meta = finetune(base, "F", data, tmp_path / "adapter-F", epochs=2)
+    meta = finetune(base, "F", data, tmp_path / "adapter-F", epochs=2, rows="cold")
     assert (tmp_path / "adapter-F" / "adapter.safetensors").exists()
     assert meta["domain"] == "F" and meta["rank"] == {"tower.mlp.layers.0": 8, "tower.mlp.layers.1": 4}
     assert meta["layer_shapes"] == {"tower.mlp.layers.0": [128, 64], "tower.mlp.layers.1": [64, 32]}
@@ -131,10 +131,13 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
                          for b in DatasetReader(data).batches("test", batch_size=4096, shuffle=False, domains=domains)])
         torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
 
-    # without cold rows the adapter is the tower adapter alone (and does worse on F's new users)
+    # without own rows the adapter is the tower adapter alone (and does worse on F's new users)
     plain = finetune(base, "F", data, tmp_path / "adapter-F-plain", epochs=2, rows="none")
     assert plain["row_counts"] == {} and plain["parameters"] < meta["parameters"]
-    every = finetune(base, "F", data, tmp_path / "adapter-F-all", epochs=1, rows="all")
+    every = finetune(base, "F", data, tmp_path / "adapter-F-all", epochs=1)  # the defaults
+    assert every["rows"] == "all" and meta["rows"] == "cold"
+    base_lr = config(data).optim.dense.lr
+    assert every["lr"] == pytest.approx(base_lr * FINETUNE_LR_SCALE) and plain["lr"] == every["lr"]
     assert every["row_counts"]["item_id"] > meta["row_counts"]["item_id"]  # items M also rated get residuals too
     assert torch.equal(before["logits"], predict(base, data, adapters=[tmp_path / "adapter-F-all"], domains=["M"])["logits"])
     with pytest.raises(ValueError, match="rows must be one of"):
