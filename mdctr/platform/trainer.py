@@ -104,6 +104,7 @@ class Trainer:
         self.transform = transform
         self.validation = cfg.train.validation
         self.train_split = train_split
+        self._rows: dict[str | None, int] = {}
         self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=self.domains,
                               ts_range=window)
 
@@ -119,8 +120,9 @@ class Trainer:
         return batches if self.transform is None else map(self.transform, batches)
 
     def _num_batches(self, split: str | None, batch_size: int) -> int:
-        n = self.reader.num_rows(split, **self._split_kw)
-        return math.ceil(n / (batch_size * self.world_size))
+        if split not in self._rows:  # the same every epoch: counted once (it reads the key columns)
+            self._rows[split] = self.reader.num_rows(split, **self._split_kw)
+        return math.ceil(self._rows[split] / (batch_size * self.world_size))
 
     # -- steps ---------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
