@@ -96,14 +96,6 @@ def _rows_times(x: torch.Tensor, w: torch.Tensor, sizes: list[int],
     return out
 
 
-def _outer_per_group(g: torch.Tensor, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """``G[i] = g_i^T x_i`` for every row block ``i``, (blocks, g cols, x cols)."""
-    out = g.new_empty(len(sizes), g.shape[1], x.shape[1])
-    for gs, xs, o in zip(g.split_with_sizes(sizes), x.split_with_sizes(sizes), out.unbind(0)):
-        torch.mm(gs.t(), xs, out=o)
-    return out
-
-
 class _RoutedLinear(torch.autograd.Function):
     """The whole adapted layer of a domain-grouped batch as one autograd node.
 
@@ -158,43 +150,51 @@ class _RoutedLinear(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, merged, *[t for _, _, a_s, b_s in stacks for t in (a_s, b_s)])
         ctx.n_params = len(params)
-        ctx.param_meta = [(p.shape, p.dtype, p.device) for p in params]  # zero gradients for absent domains
+        present = {k for _, _, k in groups}
+        # adapters of domains absent from the batch get zero gradients
+        ctx.absent = [(k, p.shape, p.dtype, p.device) for k, p in enumerate(params) if k // 3 not in present]
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, merged, *stacked = ctx.saved_tensors
-        groups = ctx.groups
+        groups, sizes = ctx.groups, ctx.sizes
         need = ctx.needs_input_grad
         grad = grad.contiguous()
-        gx = _rows_times(grad, merged, ctx.sizes) if need[0] else None
         grads: list[torch.Tensor | None] = [None] * ctx.n_params
         need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for _, ks in ctx.blocks for k in ks)
-        gw = None
-        if need[1] or need_ab:
-            gt = _outer_per_group(grad, x, ctx.sizes)  # G_d^T per group, (K, out, in)
-            gw = gt.sum(0) if need[1] else None
-            if need_ab:
-                for (pos, ks), a_s, b_s in zip(ctx.blocks, stacked[0::2], stacked[1::2]):
-                    g_s = gt if len(pos) == len(groups) else gt[pos]
-                    g_a = torch.bmm(b_s, g_s).transpose(1, 2).contiguous()  # (B_d G_d^T)^T = G_d B_d^T, (n, in, r)
-                    g_b = torch.bmm(a_s.transpose(1, 2), g_s.transpose(1, 2))  # A_d^T G_d, (n, r, out)
-                    for j, k in enumerate(ks):
-                        grads[3 * k] = g_a[j] if need[4 + 3 * k] else None
-                        grads[3 * k + 1] = g_b[j] if need[5 + 3 * k] else None
-        need_bias = ctx.has_bias and need[2]
         n_bd = [k is not None and need[6 + 3 * k] for _, _, k in groups]
-        gbias = None
-        if need_bias or any(n_bd):
-            sums = [rows.sum(0) for rows in grad.split_with_sizes(ctx.sizes)]
-            gbias = torch.stack(sums).sum(0) if need_bias else None
-            for i, (_, _, k) in enumerate(groups):
-                if n_bd[i]:
-                    grads[3 * k + 2] = sums[i]
-        present = {k for _, _, k in groups}
-        for k, (shape, dtype, device) in enumerate(ctx.param_meta):
-            if k // 3 not in present and need[4 + k]:
+        need_bias = ctx.has_bias and need[2]
+        # one pass over the row blocks: dx_d = g_d merged_d, G_d^T = g_d^T x_d, bias sums
+        gx = grad.new_empty(x.shape) if need[0] else None
+        gt = grad.new_empty(len(sizes), grad.shape[1], x.shape[1]) if need[1] or need_ab else None
+        sums = grad.new_empty(len(sizes), grad.shape[1]) if need_bias or any(n_bd) else None
+        g_blocks = grad.split_with_sizes(sizes)
+        x_blocks = x.split_with_sizes(sizes)
+        gx_blocks = gx.split_with_sizes(sizes) if gx is not None else None
+        for i, gs in enumerate(g_blocks):
+            if gx_blocks is not None:
+                torch.mm(gs, merged[i], out=gx_blocks[i])
+            if gt is not None:
+                torch.mm(gs.t(), x_blocks[i], out=gt[i])
+            if sums is not None:
+                torch.sum(gs, 0, out=sums[i])
+        gw = gt.sum(0) if need[1] else None
+        if need_ab:
+            for (pos, ks), a_s, b_s in zip(ctx.blocks, stacked[0::2], stacked[1::2]):
+                g_s = gt if len(pos) == len(groups) else gt[pos]
+                g_a = torch.bmm(g_s.transpose(1, 2), b_s.transpose(1, 2))  # G_d B_d^T, (n, in, r)
+                g_b = torch.bmm(a_s.transpose(1, 2), g_s.transpose(1, 2))  # A_d^T G_d, (n, r, out)
+                for j, k in enumerate(ks):
+                    grads[3 * k] = g_a[j] if need[4 + 3 * k] else None
+                    grads[3 * k + 1] = g_b[j] if need[5 + 3 * k] else None
+        gbias = sums.sum(0) if need_bias else None
+        for i, (_, _, k) in enumerate(groups):
+            if n_bd[i]:
+                grads[3 * k + 2] = sums[i]
+        for k, shape, dtype, device in ctx.absent:
+            if need[4 + k]:
                 grads[k] = torch.zeros(shape, dtype=dtype, device=device)
         return (gx, gw, gbias, None, *grads)
 
