@@ -48,6 +48,7 @@ class DomainRows(nn.Module):
             self.register_buffer(f"rows_{f}", r.to(torch.int64))
         self.weight = nn.ParameterDict({f: nn.Parameter(torch.zeros(len(r), dim)) for f, r in rows.items()})
         self.merged = False  # folded into the tables (single-domain serving): add nothing
+        self._codes: tuple[tuple, torch.Tensor] | None = None  # codes() cache
 
     def rows(self, field: str) -> torch.Tensor:
         return getattr(self, f"rows_{field}")
@@ -61,20 +62,43 @@ class DomainRows(nn.Module):
             keep = torch.ones(lengths.shape[0], dtype=torch.bool, device=lengths.device)
         return pool_rows(self.rows(field), self.weight[field], values, lengths, keep, self.mean[field])
 
+    def codes(self, keys: list[str]) -> tuple[torch.Tensor, list[str]]:
+        """All fields' rows in one sorted code space, ``slot * CODE_SHIFT + row`` with ``slot``
+        the field's position in ``keys``, and the fields in that order (cached)."""
+        fields = sorted(self.fields, key=keys.index)
+        device = self.rows(fields[0]).device if fields else torch.device("cpu")
+        key = (tuple(keys), device)
+        if self._codes is None or self._codes[0] != key:
+            codes = torch.cat([self.rows(f) + keys.index(f) * CODE_SHIFT for f in fields]) if fields else \
+                torch.zeros(0, dtype=torch.int64)
+            self._codes = (key, codes)
+        return self._codes[1], fields
+
+    def vectors(self, fields: list[str]) -> torch.Tensor:
+        """The vectors of :meth:`codes`' rows, in its order."""
+        return self.weight[fields[0]] if len(fields) == 1 else torch.cat([self.weight[f] for f in fields])
+
+
+#: table rows are < 2**40; a field's slot times this, plus the row, codes (field, row) pairs
+CODE_SHIFT = 1 << 40
+
 
 def pool_rows(rows: torch.Tensor, vecs: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
               keep: torch.Tensor, mean: bool) -> torch.Tensor:
     """(B, dim): for each bag (``lengths`` over ``values``, table rows) of an example in
     ``keep``, the sum (``mean``: mean over the bag) of ``vecs`` of its values found in the
-    sorted ``rows``. Scriptable: exported artifacts run it too."""
+    sorted ``rows``. Scriptable: exported artifacts run it too.
+
+    Misses are weighted by zero rather than filtered out: no data-dependent shapes, and the
+    sum is the same (adding 0.0 leaves a float unchanged)."""
     b = lengths.shape[0]
     out = torch.zeros(b, vecs.shape[1], dtype=vecs.dtype, device=vecs.device)
     if rows.shape[0] == 0 or values.shape[0] == 0:
         return out
-    example = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)
+    bag = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)
     pos = torch.clamp(torch.searchsorted(rows, values), max=rows.shape[0] - 1)
-    hit = (rows[pos] == values) & keep[example]
-    out = out.index_add(0, example[hit], vecs[pos[hit]])
+    w = ((rows[pos] == values) & keep[bag]).to(vecs.dtype)
+    out = out.index_add(0, bag, vecs[pos] * w.unsqueeze(1))
     if mean:
         out = out / torch.clamp(lengths, min=1).unsqueeze(1).to(out.dtype)
     return out
@@ -82,11 +106,14 @@ def pool_rows(rows: torch.Tensor, vecs: torch.Tensor, values: torch.Tensor, leng
 
 def rows_delta(modules: dict[str, DomainRows], names: list[str], keys: list[str], dim: int, sparse: KeyedJaggedTensor,
                domain: torch.Tensor, single: int | None) -> torch.Tensor | None:
-    """(B, len(keys) * dim) additions to the pooled embeddings, or None if nothing applies."""
-    delta = None
-    jagged = None
+    """(B, len(keys) * dim) additions to the pooled embeddings, or None if nothing applies.
+
+    Every field is looked up at once: the batch's ids become codes of one sorted code space
+    (:meth:`DomainRows.codes`), so a step costs a handful of ops whatever the field count.
+    """
+    active: list[tuple[DomainRows, torch.Tensor | None]] = []
     for name, module in modules.items():
-        if module.merged or name not in names:
+        if module.merged or name not in names or not module.fields:
             continue
         idx = names.index(name)
         if single is not None and single != idx:
@@ -94,15 +121,35 @@ def rows_delta(modules: dict[str, DomainRows], names: list[str], keys: list[str]
         keep = None if single is not None else domain == idx
         if keep is not None and not bool(keep.any()):
             continue
-        jagged = jagged if jagged is not None else sparse.to_dict()
-        for f in module.fields:
-            jt = jagged[f]
-            part = module.pooled(f, jt.values(), jt.lengths(), keep)
-            if delta is None:
-                delta = part.new_zeros(part.shape[0], len(keys) * dim)
-            i = keys.index(f)
-            delta[:, i * dim:(i + 1) * dim] += part
-    return delta
+        active.append((module, keep))
+    if not active:
+        return None
+    kjt_keys, b = list(sparse.keys()), sparse.stride()
+    values, lengths = sparse.values(), sparse.lengths()
+    slots = [keys.index(k) if k in keys else -1 for k in kjt_keys]  # -1: no pooled columns, never matches
+    field_code = torch.tensor(slots, dtype=torch.int64, device=values.device) * CODE_SHIFT
+    codes = values.to(torch.int64) + torch.repeat_interleave(
+        field_code, torch.tensor(sparse.length_per_key(), device=values.device))
+    total = None
+    for module, keep in active:
+        own, fields = module.codes(keys)
+        keep_bags = torch.ones(lengths.shape[0], dtype=torch.bool, device=values.device) if keep is None \
+            else keep.repeat(len(kjt_keys))  # bags are key-major: key j's bags are j*b .. (j+1)*b
+        part = pool_rows(own, module.vectors(fields), codes, lengths, keep_bags, False)
+        total = part if total is None else total + part
+    pooled = total.view(len(kjt_keys), b, -1)
+    mean = [any(m.mean.get(k, False) and k in m.fields for m, _ in active) for k in kjt_keys]
+    if any(mean):
+        div = torch.where(torch.tensor(mean, device=values.device).unsqueeze(1),
+                          lengths.view(len(kjt_keys), b).clamp(min=1), torch.ones_like(lengths).view(len(kjt_keys), b))
+        pooled = pooled / div.unsqueeze(2).to(pooled.dtype)
+    pooled = pooled.transpose(0, 1)  # (b, KJT keys, dim)
+    if slots == list(range(len(keys))):
+        return pooled.reshape(b, len(keys) * dim)
+    delta = pooled.new_zeros(b, len(keys), dim)
+    cols = [j for j, s in enumerate(slots) if s >= 0]
+    delta[:, [slots[j] for j in cols]] = pooled[:, cols]
+    return delta.reshape(b, len(keys) * dim)
 
 
 def seen_rows(reader: DatasetReader, domain: str, keys: list[str], **split) -> dict[str, np.ndarray]:

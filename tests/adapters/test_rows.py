@@ -1,4 +1,4 @@
-"""Cold rows (mdctr.adapters.rows): lookup, pooling, routing and which rows are cold."""
+"""Own rows (mdctr.adapters.rows): lookup, pooling, routing and which rows are cold."""
 
 import numpy as np
 import pytest
@@ -40,6 +40,39 @@ def test_delta_lands_in_the_fields_columns_for_the_domains_rows_only():
     assert rows_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([0, 0]), single=0) is None
     m.merged = True  # folded into the tables: adds nothing
     assert rows_delta({"new": m}, ["old", "new"], ["tags", "user"], 2, kjt, torch.tensor([1, 1]), single=1) is None
+
+
+def test_one_lookup_over_every_field_equals_pooling_each_field_per_domain():
+    g = torch.Generator().manual_seed(0)
+    mean = {"user": False, "item": False, "tags": True}
+    mods = {d: DomainRows({"user": torch.randperm(50, generator=g)[:20].sort().values,
+                           "tags": torch.randperm(30, generator=g)[:10].sort().values}, dim=3, mean=mean)
+            for d in ("a", "c")}
+    mods["c"] = DomainRows({"item": torch.arange(0, 40, 3)}, dim=3, mean=mean)  # another field set
+    for m in mods.values():
+        for w in m.weight.values():
+            w.data.normal_(generator=g)
+    b = 16
+    lengths = {"user": torch.ones(b, dtype=torch.long), "item": torch.ones(b, dtype=torch.long),
+               "tags": torch.randint(0, 4, (b,), generator=g)}
+    values = {"user": torch.randint(0, 50, (b,), generator=g), "item": torch.randint(0, 40, (b,), generator=g),
+              "tags": torch.randint(0, 30, (int(lengths["tags"].sum()),), generator=g)}
+    kjt_keys = ["tags", "user", "item"]  # the batch's key order differs from the model's
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=kjt_keys, values=torch.cat([values[k] for k in kjt_keys]),
+                                              lengths=torch.cat([lengths[k] for k in kjt_keys]))
+    keys, names = ["user", "item", "tags", "extra"], ["a", "b", "c"]
+    domain = torch.randint(0, 3, (b,), generator=g)
+    got = rows_delta(mods, names, keys, 3, kjt, domain, single=None)
+    want = torch.zeros(b, len(keys) * 3)
+    for d, m in mods.items():
+        for f in m.fields:
+            i = keys.index(f)
+            want[:, i * 3:(i + 1) * 3] += m.pooled(f, values[f], lengths[f], keep=domain == names.index(d))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert got[:, 9:].abs().sum() == 0 and got[domain == 1].abs().sum() == 0  # "extra" and domain "b": nothing
+    only_c = rows_delta(mods, names, keys, 3, kjt, torch.full((b,), 2), single=2)
+    torch.testing.assert_close(only_c[:, 3:6], mods["c"].pooled("item", values["item"], lengths["item"], keep=None))
+    assert only_c[:, :3].abs().sum() == 0 and only_c[:, 6:].abs().sum() == 0
 
 
 def test_cold_rows_are_the_seen_rows_still_at_their_seeded_init():
