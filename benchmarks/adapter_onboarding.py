@@ -4,8 +4,8 @@ that had the domain from the start, on synthetic data (``configs/synthetic.yaml`
 1. pretrain: MLoRA joint on every domain but the held-out one (wall time T_pre);
 2. finetune: the held-out domain's adapter on that frozen backbone (wall time T_ft), once per
    ``--rows`` mode (which embedding rows the adapter learns besides the tower adapter:
-   ``none``, ``cold`` = the domain's ids the backbone never trained (the default), ``all`` =
-   a residual for every row the domain uses);
+   ``none``, ``cold`` = the domain's ids the backbone never trained, ``all`` = a residual
+   for every row the domain uses, the default), at finetune's default lr unless ``--lr``;
 3. reference: MLoRA joint on all domains; its test AUC on the held-out domain.
 
 Last line: ``{"domain", "pretrain_s", "joint_auc", "rows": {MODE: {"finetune_s", "time_share",
@@ -43,7 +43,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domain", default="d5")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="adapter learning rate (default: the config's dense lr)")
+    p.add_argument("--lr", type=float, default=None, help="adapter learning rate (default: finetune's, 5x the config's dense lr)")
     p.add_argument("--rows", nargs="+", default=["none", "cold", "all"], choices=["none", "cold", "all"])
     args = p.parse_args()
     data = f"synthetic:{REPO / 'configs/synthetic.yaml'}"

@@ -114,7 +114,7 @@ def adapters_finetune(
     data: str = typer.Option(..., "--data", help="Dataset directory or NAME:SPLIT holding the domain."),
     out: Path = typer.Option(..., "--out", help="Adapter directory (adapter.safetensors + adapter.json)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the base run's train.epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adapter learning rate (default: 10x the base's dense lr)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adapter learning rate (default: 5x the base's dense lr)."),
     alpha: Optional[int] = typer.Option(None, "--alpha", help="rank = max(d_out // alpha, 1)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Explicit rank for every layer."),
     rows: str = typer.Option("all", "--rows",
