@@ -42,12 +42,14 @@ log = logging.getLogger("mdctr.train")
 
 
 def run_model(run_dir: Path, extra: list[Path] = (), *, new_domain: str | None = None,
-              alpha: int | None = None, rank: int | None = None):
+              alpha: int | None = None, rank: int | None = None, seed: int | None = None):
     """The unsharded model of a run with its own adapters, the adapters in ``extra``
     (checked against the run's backbone) and a fresh adapter for ``new_domain``.
 
     Returns ``(cfg, layout, model, domain_names)``; load the run's best checkpoint into the
-    sharded model with ``partial=True`` afterwards, then :func:`apply_extra`.
+    sharded model with ``partial=True`` afterwards, then :func:`apply_extra`. The new
+    adapter's initialisation is drawn from ``seed`` (default: the run's), so a fine-tune is
+    reproducible.
     """
     cfg, _, layout = platform_run.load_run(run_dir, load_config)
     names = list(layout.domain_names)
@@ -65,6 +67,7 @@ def run_model(run_dir: Path, extra: list[Path] = (), *, new_domain: str | None =
     if new_domain is not None:
         if new_domain in own:
             raise ValueError(f"domain '{new_domain}' already has an adapter in {run_dir}")
+        torch.manual_seed(cfg.train.seed if seed is None else seed)
         add_domain(model, new_domain, alpha=a, rank=r)
     return cfg, layout, model, model.adapter_context.domain_names
 
@@ -101,7 +104,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     platform_run.setup_logging(None, rank)
     device, _ = select_device(rank)
     cfg, layout, model, names = run_model(base, new_domain=domain, alpha=overrides.get("alpha"),
-                                          rank=overrides.get("rank"))
+                                          rank=overrides.get("rank"), seed=overrides.get("seed"))
     table_seed = cfg.train.seed  # the backbone's tables were initialised from it
     raw = cfg.model_dump()
     raw["train"].update({k: v for k, v in overrides.items() if k in ("epochs", "seed") and v is not None})
