@@ -151,6 +151,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
         **backbone_identity(base),
         "parameters": n_params,
         "lr": lr,
+        "seed": cfg.train.seed,
         "rows": rows,
         "row_counts": {f: int(r.numel()) for f, r in learned.items()},
         "parameter_share": round(n_params / backbone, 6),

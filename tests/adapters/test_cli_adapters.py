@@ -38,10 +38,10 @@ def base(tmp_path_factory):
 def test_finetune_list_merge_export(base):
     root, data = base
     proc = _mdctr("adapters", "finetune", "--base", "base", "--domain", "F", "--data", str(data),
-                  "--out", "adapter-F", "--epochs", "1", "--rows", "all", cwd=root)
+                  "--out", "adapter-F", "--epochs", "1", "--rows", "all", "--seed", "3", cwd=root)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((root / "adapter-F" / "adapter.json").read_text())
-    assert meta["rows"] == "all" and meta["row_counts"]["user_id"] > 200
+    assert meta["rows"] == "all" and meta["row_counts"]["user_id"] > 200 and meta["seed"] == 3
     summary = proc.stdout.strip().splitlines()[-1]  # after the per-epoch log lines
     assert summary.startswith("adapter 'F': ") and "all rows: user_id " in summary and summary.endswith("-> adapter-F")
     listed = _mdctr("adapters", "list", "--run", "base", "--adapter", "adapter-F", cwd=root)
