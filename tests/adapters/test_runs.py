@@ -97,10 +97,14 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
     assert tensors["rows.user_id.weight"].abs().sum() > 0
     assert meta["parameters"] == sum(t.numel() for k, t in tensors.items() if not k.endswith(".ids"))
     # reproducible: the new adapter's init is drawn from the seed, not the process's RNG state
+    # (an unseeded init differs by ~0.5 here). Within 1e-6, not bit for bit: MKL's GEMM bits
+    # depend on the operands' memory alignment, which differs between runs in one process.
     torch.rand(7)
     finetune(base, "F", data, tmp_path / "adapter-F-again", epochs=2, rows="cold")
     again = load_file(str(tmp_path / "adapter-F-again" / "adapter.safetensors"))
-    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+    assert again.keys() == tensors.keys()
+    for k in tensors:
+        torch.testing.assert_close(again[k], tensors[k], rtol=0, atol=1e-6)
     after = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=["M"])
     assert torch.equal(before["logits"], after["logits"])
     with_f = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=["F"])
