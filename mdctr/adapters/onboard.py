@@ -108,7 +108,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     table_seed = cfg.train.seed  # the backbone's tables were initialised from it
     raw = cfg.model_dump()
     raw["train"].update({k: v for k, v in overrides.items() if k in ("epochs", "seed") and v is not None})
-    lr = overrides.get("lr") or raw["optim"]["dense"]["lr"] * FINETUNE_LR_SCALE
+    lr = overrides["lr"] if overrides.get("lr") is not None else raw["optim"]["dense"]["lr"] * FINETUNE_LR_SCALE
     raw["optim"]["dense"]["lr"] = lr
     cfg = type(cfg).model_validate(raw)
     backbone = backbone_parameter_count(model)

@@ -64,10 +64,11 @@ class DomainRows(nn.Module):
 
     def codes(self, keys: list[str]) -> tuple[torch.Tensor, list[str]]:
         """All fields' rows in one sorted code space, ``slot * CODE_SHIFT + row`` with ``slot``
-        the field's position in ``keys``, and the fields in that order (cached)."""
+        the field's position in ``keys``, and the fields in that order (cached until the
+        rows move or change in place)."""
         fields = sorted(self.fields, key=keys.index)
         device = self.rows(fields[0]).device if fields else torch.device("cpu")
-        key = (tuple(keys), device)
+        key = (tuple(keys), device, tuple(self.rows(f)._version for f in fields))
         if self._codes is None or self._codes[0] != key:
             codes = torch.cat([self.rows(f) + keys.index(f) * CODE_SHIFT for f in fields]) if fields else \
                 torch.zeros(0, dtype=torch.int64)
