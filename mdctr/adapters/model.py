@@ -213,9 +213,14 @@ def load_adapter_tensors(model: nn.Module, domain: str, tensors: dict[str, torch
             modules[domain].weight[f].copy_(learned[f"rows.{f}.weight"])
 
 
+def adapter_parameter_count(tensors: dict[str, torch.Tensor]) -> int:
+    """Trained parameters in :func:`adapter_tensors` output (own rows' ``.ids`` are indices, not parameters)."""
+    return sum(t.numel() for k, t in tensors.items() if not k.endswith(".ids"))
+
+
 def parameter_share(model: nn.Module, domain: str, backbone_params: int) -> tuple[int, float]:
     """Parameters of ``domain``'s adapter and their share of the backbone's parameters."""
-    n = sum(t.numel() for k, t in adapter_tensors(model, domain).items() if not k.endswith(".ids"))  # rows are ids
+    n = adapter_parameter_count(adapter_tensors(model, domain))
     return n, n / backbone_params
 
 

@@ -23,8 +23,8 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from
 from mdctr.adapters.files import backbone_identity, check_backbone, read_adapter, save_adapter
 from mdctr.adapters.rows import ROWS, find_cold_rows, seen_rows
 from mdctr.adapters.model import (
-    adapter_layers, adapter_tensors, add_domain_rows, add_domain, attach_adapters, backbone_parameter_count,
-    domain_rows_of, freeze_backbone, layer_shapes, load_adapter_tensors,
+    adapter_layers, adapter_parameter_count, adapter_tensors, add_domain_rows, add_domain, attach_adapters,
+    backbone_parameter_count, domain_rows_of, freeze_backbone, layer_shapes, load_adapter_tensors,
 )
 from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config, same_tensors
 from mdctr.domains.datasets import resolve_data
@@ -142,7 +142,7 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
     metrics = trainer.evaluate("test")
     tensors = adapter_tensors(trainer.model, domain)
     layers = adapter_layers(trainer.model)
-    n_params = sum(t.numel() for k, t in tensors.items() if not k.endswith(".ids"))  # rows are ids
+    n_params = adapter_parameter_count(tensors)
     meta = {
         "domain": domain,
         "rank": {n: m.ranks[domain] for n, m in layers.items()},
