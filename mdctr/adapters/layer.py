@@ -7,9 +7,9 @@ For an example of domain ``d`` the layer computes (row-vector convention, ``x`` 
 ``A_d`` is glorot-initialised, ``B_d`` and ``b_d`` are zero, so a fresh adapter changes
 nothing (its merged weight ``W^T + A_d B_d`` is ``W^T`` exactly, and the bias goes into the
 GEMM as in ``nn.functional.linear``); the rank is ``r = max(out // alpha, 1)``
-unless given. Adapters are kept by domain name in ``ParameterDict`` s (as PEFT keeps
-``lora_A``/``lora_B`` by adapter name). Each domain's rows are computed with its merged
-weight (:class:`_RoutedLinear`).
+unless given. Adapters are looked up by domain name and stored stacked in banks
+(:class:`MLoRALinear`). Each domain's rows are computed with its merged weight
+(:class:`_RoutedLinear`).
 
 Routing: before a forward, :class:`Routing` is set on the layer's shared
 :class:`RoutingContext` with the batch's domain index; a batch of one domain is one block,
@@ -28,6 +28,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -76,174 +77,292 @@ class RoutingContext:
         self.routing = Routing(single=None, order=order, inverse=inverse, counts=counts)
 
 
-def _rows_times(x: torch.Tensor, w: torch.Tensor, sizes: list[int],
-                adds: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-    """Row block ``i`` of the result (``sizes[i]`` rows) is that block of ``x`` times ``w[i]``,
-    plus ``adds[i]`` (a row vector) if given.
+_PARTS = ("A", "B", "bias")
+
+
+def _rows_times(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int],
+                adds: list[torch.Tensor | None]) -> torch.Tensor:
+    """Row block ``i`` of the result (``sizes[i]`` rows) is that block of ``x`` times
+    ``weights[i]`` (out, in) transposed, plus ``adds[i]`` (a row vector, or None).
 
     The vector goes into the GEMM (``addmm``), as ``nn.functional.linear`` does, so a block
-    whose ``w[i]`` is the plain weight gives the plain layer's bits. (torch's ``grouped_mm``
+    whose weight is the plain weight gives the plain layer's bits. (torch's ``grouped_mm``
     does the products on CPU at the same speed, without the vector and with alignment and
     dtype restrictions, so the loop it is.)
     """
-    out = x.new_empty(x.shape[0], w.shape[-1])
-    adds = adds if adds is not None else [None] * len(sizes)
-    for xs, wi, o, c in zip(x.split_with_sizes(sizes), w.unbind(0), out.split_with_sizes(sizes), adds):
+    out = x.new_empty(x.shape[0], weights[0].shape[0] if weights else 0)
+    for xs, w, o, c in zip(x.split_with_sizes(sizes), weights, out.split_with_sizes(sizes), adds):
         if c is None:
-            torch.mm(xs, wi, out=o)
+            torch.mm(xs, w.t(), out=o)
         else:
-            torch.addmm(c, xs, wi, out=o)
+            torch.addmm(c, xs, w.t(), out=o)
     return out
+
+
+def _pick(slots: list[int]) -> slice | list[int]:
+    """Index of ``slots`` in a bank: a slice (a view, no copy) when they are consecutive."""
+    return slice(slots[0], slots[-1] + 1) if slots == list(range(slots[0], slots[-1] + 1)) else slots
+
+
+def _take(t: torch.Tensor, pick: slice | list[int]) -> torch.Tensor:
+    return t[pick] if isinstance(pick, slice) else t.index_select(0, torch.tensor(pick, device=t.device))
+
+
+def _spread(g: torch.Tensor, pick: slice | list[int], n: int) -> torch.Tensor:
+    """The gradient of a whole bank of ``n`` rows from that of its rows ``pick`` (the others'
+    are zero)."""
+    if isinstance(pick, slice) and pick.start == 0 and pick.stop == n:
+        return g
+    full = g.new_zeros(n, *g.shape[1:])
+    if isinstance(pick, slice):
+        full[pick] = g
+    else:
+        full.index_copy_(0, torch.tensor(pick, device=g.device), g)
+    return full
 
 
 class _RoutedLinear(torch.autograd.Function):
     """The whole adapted layer of a domain-grouped batch as one autograd node.
 
-    ``forward(x, weight, bias, groups, A_0, B_0, b_0, A_1, ...)``; ``groups`` lists
-    ``(lo, hi, k)`` covering the rows in order: rows ``lo:hi`` belong to one domain whose
-    adapter is triple ``k`` of the params (``None``: no adapter, the plain base layer).
+    ``forward(x, weight, bias, groups, A_0, B_0, b_0, A_1, ...)``: the params are the
+    layer's adapter banks (``A_k`` (n, in, r), ``B_k`` (n, r, out), ``b_k`` (n, out));
+    ``groups`` lists ``(lo, hi, k, j)`` covering the rows in order: rows ``lo:hi`` belong to
+    one domain whose adapter is row ``j`` of bank ``k`` (``k`` None: no adapter, the plain
+    base layer).
 
     Each domain's rows are computed with its merged weight, ``x (W^T + A_d B_d) + b + b_d``:
     the same FLOPs and activation traffic as the base layer, plus ``in x r x out`` per domain
-    for the merge. Backward reuses that: with ``G_d = x_d^T g_d`` (in, out), the domain's
-    share of the weight gradient, which the base computes anyway, the adapter gradients are
-    small products of weights, ``dA_d = G_d B_d^T`` and ``dB_d = A_d^T G_d``, and
-    ``dx_d = g_d (W^T + A_d B_d)^T``. The low-rank path ``(x A_d) B_d`` instead costs about ten
-    extra passes over the activations (one per small GEMM or add), which dominated the step
-    on CPU (benchmarks/adapter_overhead.py).
+    for the merge, which is one batched GEMM per bank. Backward reuses that: with
+    ``G_d = x_d^T g_d`` (in, out), the domain's share of the weight gradient, which the base
+    computes anyway, the adapter gradients are small batched products of weights,
+    ``dA_d = G_d B_d^T`` and ``dB_d = A_d^T G_d``, and ``dx_d = g_d (W^T + A_d B_d)^T``. The
+    low-rank path ``(x A_d) B_d`` instead costs about ten extra passes over the activations
+    (one per small GEMM or add), which dominated the step on CPU
+    (benchmarks/adapter_overhead.py). A domain's merged weight does not depend on which
+    other domains share the batched call (checked in tests/adapters).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups, *params):
-        n_groups = len(groups)
-        # adapted groups by rank; each rank's merges are one batched GEMM (a domain's result
-        # does not depend on which others share the call: checked in tests/adapters)
-        blocks: dict[int, tuple[list[int], list[int]]] = {}
-        for i, (_, _, k) in enumerate(groups):
+    def forward(ctx, x, weight, bias, groups, *banks):
+        uses: dict[int, tuple[list[int], list[int]]] = {}  # bank -> (its groups, their rows in it)
+        for i, (_, _, k, j) in enumerate(groups):
             if k is not None:
-                pos, ks = blocks.setdefault(params[3 * k].shape[1], ([], []))
+                pos, rows = uses.setdefault(k, ([], []))
                 pos.append(i)
-                ks.append(k)
-        stacks = []
-        for pos, ks in blocks.values():
-            a_s = torch.stack([params[3 * k] for k in ks])  # (n, in, r)
-            b_s = torch.stack([params[3 * k + 1] for k in ks])  # (n, r, out)
-            stacks.append((pos, ks, a_s, b_s))
-        one_block = len(stacks) == 1 and len(stacks[0][0]) == n_groups  # every domain adapted, one rank
-        if one_block:  # the common case: no copies
-            _, _, a_s, b_s = stacks[0]
-            merged = torch.baddbmm(weight.expand(n_groups, *weight.shape), b_s.transpose(1, 2), a_s.transpose(1, 2))
-        else:
-            merged = weight.expand(n_groups, *weight.shape).clone()
-            for pos, _, a_s, b_s in stacks:
-                merged[pos] = torch.baddbmm(weight.expand(len(pos), *weight.shape), b_s.transpose(1, 2),
-                                            a_s.transpose(1, 2))
-        sizes = [hi - lo for lo, hi, _ in groups]
-        if one_block:
-            adds = torch.stack([params[3 * k + 2] for k in stacks[0][1]])
-            adds = list((adds if bias is None else adds + bias).unbind(0))
-        else:
-            adds = [bias if k is None else (params[3 * k + 2] if bias is None else bias + params[3 * k + 2])
-                    for _, _, k in groups]
-        out = _rows_times(x, merged.transpose(1, 2), sizes, adds)  # (W + (A_d B_d)^T) is (out, in) per group
-        ctx.sizes, ctx.groups, ctx.blocks = sizes, groups, [(pos, ks) for pos, ks, _, _ in stacks]
+                rows.append(j)
+        weights: list[torch.Tensor] = [weight] * len(groups)  # (out, in) per group
+        adds: list[torch.Tensor | None] = [bias] * len(groups)
+        plan, saved = [], []
+        for k, (pos, rows) in uses.items():
+            pick = _pick(rows)
+            a_s, b_s, bias_s = (_take(t, pick) for t in banks[3 * k: 3 * k + 3])
+            merged = torch.baddbmm(weight.expand(len(rows), *weight.shape), b_s.transpose(1, 2), a_s.transpose(1, 2))
+            shifts = bias_s if bias is None else bias_s + bias
+            for m, i in enumerate(pos):
+                weights[i], adds[i] = merged[m], shifts[m]
+            plan.append((k, pos, _pick(pos), pick))
+            saved += [merged, a_s, b_s]
+        sizes = [hi - lo for lo, hi, _, _ in groups]
+        out = _rows_times(x, weights, sizes, adds)
+        ctx.sizes, ctx.groups, ctx.plan = sizes, groups, plan
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, merged, *[t for _, _, a_s, b_s in stacks for t in (a_s, b_s)])
-        ctx.n_params = len(params)
-        present = {k for _, _, k in groups}
-        # adapters of domains absent from the batch get zero gradients
-        ctx.absent = [(k, p.shape, p.dtype, p.device) for k, p in enumerate(params) if k // 3 not in present]
+        ctx.save_for_backward(x, weight, *saved)
+        # banks of domains absent from the batch get zero gradients
+        ctx.unused = [(k, (t.shape, t.dtype, t.device)) for k, t in enumerate(banks) if k // 3 not in uses]
+        ctx.bank_sizes = [t.shape[0] for t in banks[0::3]]
+        ctx.n_params = len(banks)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, merged, *stacked = ctx.saved_tensors
-        groups, sizes = ctx.groups, ctx.sizes
-        need = ctx.needs_input_grad
+        x, weight, *saved = ctx.saved_tensors
+        sizes, plan, need = ctx.sizes, ctx.plan, ctx.needs_input_grad
         grad = grad.contiguous()
         grads: list[torch.Tensor | None] = [None] * ctx.n_params
-        need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for _, ks in ctx.blocks for k in ks)
-        n_bd = [k is not None and need[6 + 3 * k] for _, _, k in groups]
+        weights = [weight] * len(sizes)
+        for (_, pos, _, _), merged in zip(plan, saved[0::3]):
+            for m, i in enumerate(pos):
+                weights[i] = merged[m]
+        need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for k, _, _, _ in plan)
         need_bias = ctx.has_bias and need[2]
+        need_sums = need_bias or any(need[6 + 3 * k] for k, _, _, _ in plan)
         # one pass over the row blocks: dx_d = g_d merged_d, G_d^T = g_d^T x_d, bias sums
         gx = grad.new_empty(x.shape) if need[0] else None
         gt = grad.new_empty(len(sizes), grad.shape[1], x.shape[1]) if need[1] or need_ab else None
-        sums = grad.new_empty(len(sizes), grad.shape[1]) if need_bias or any(n_bd) else None
-        g_blocks = grad.split_with_sizes(sizes)
+        sums = grad.new_empty(len(sizes), grad.shape[1]) if need_sums else None
         x_blocks = x.split_with_sizes(sizes)
         gx_blocks = gx.split_with_sizes(sizes) if gx is not None else None
-        for i, gs in enumerate(g_blocks):
+        for i, gs in enumerate(grad.split_with_sizes(sizes)):
             if gx_blocks is not None:
-                torch.mm(gs, merged[i], out=gx_blocks[i])
+                torch.mm(gs, weights[i], out=gx_blocks[i])
             if gt is not None:
                 torch.mm(gs.t(), x_blocks[i], out=gt[i])
             if sums is not None:
                 torch.sum(gs, 0, out=sums[i])
         gw = gt.sum(0) if need[1] else None
-        if need_ab:
-            for (pos, ks), a_s, b_s in zip(ctx.blocks, stacked[0::2], stacked[1::2]):
-                g_s = gt if len(pos) == len(groups) else gt[pos]
-                g_a = torch.bmm(g_s.transpose(1, 2), b_s.transpose(1, 2))  # G_d B_d^T, (n, in, r)
-                g_b = torch.bmm(a_s.transpose(1, 2), g_s.transpose(1, 2))  # A_d^T G_d, (n, r, out)
-                for j, k in enumerate(ks):
-                    grads[3 * k] = g_a[j] if need[4 + 3 * k] else None
-                    grads[3 * k + 1] = g_b[j] if need[5 + 3 * k] else None
         gbias = sums.sum(0) if need_bias else None
-        for i, (_, _, k) in enumerate(groups):
-            if n_bd[i]:
-                grads[3 * k + 2] = sums[i]
-        for k, shape, dtype, device in ctx.absent:
+        for (k, _, at, pick), a_s, b_s in zip(plan, saved[1::3], saved[2::3]):
+            n = ctx.bank_sizes[k]
+            if need[4 + 3 * k] or need[5 + 3 * k]:
+                g_s = _take(gt, at)
+                if need[4 + 3 * k]:  # G_d B_d^T, (n, in, r)
+                    grads[3 * k] = _spread(torch.bmm(g_s.transpose(1, 2), b_s.transpose(1, 2)), pick, n)
+                if need[5 + 3 * k]:  # A_d^T G_d, (n, r, out)
+                    grads[3 * k + 1] = _spread(torch.bmm(a_s.transpose(1, 2), g_s.transpose(1, 2)), pick, n)
+            if need[6 + 3 * k]:
+                grads[3 * k + 2] = _spread(_take(sums, at), pick, n)
+        for k, (shape, dtype, device) in ctx.unused:
             if need[4 + k]:
                 grads[k] = torch.zeros(shape, dtype=dtype, device=device)
         return (gx, gw, gbias, None, *grads)
 
 
+class _ByDomain(Mapping[str, torch.Tensor]):
+    """One part (``A``, ``B`` or ``bias``) of a layer's adapters by domain name: views into
+    the banks (write through them under ``torch.no_grad()``)."""
+
+    def __init__(self, layer: "MLoRALinear", part: int):
+        self._layer, self._part = layer, part
+
+    def __getitem__(self, domain: str) -> torch.Tensor:
+        k, j = self._layer.slots[domain]
+        return self._layer.bank(k)[self._part][j]
+
+    def __contains__(self, domain: object) -> bool:
+        return domain in self._layer.slots
+
+    def __iter__(self):
+        return iter(self._layer.slots)
+
+    def __len__(self) -> int:
+        return len(self._layer.slots)
+
+
 class MLoRALinear(nn.Linear):
-    """An ``nn.Linear`` (same ``weight``/``bias``, same state-dict keys) plus per-domain
-    adapters ``lora_A[d]``, ``lora_B[d]``, ``lora_bias[d]``."""
+    """An ``nn.Linear`` (same ``weight``/``bias``) plus per-domain adapters, by domain name:
+    ``lora_A[d]``, ``lora_B[d]``, ``lora_bias[d]``.
+
+    Storage: the adapters live in *banks*, one per group of domains added together (one
+    rank): bank ``k`` is the parameters ``lora_A_k`` (n, in, r), ``lora_B_k`` (n, r, out) and
+    ``lora_bias_k`` (n, out), row ``j`` being domain ``banks[k][j]``'s adapter. A step thus
+    merges, differentiates and optimises a bank as one tensor each, as MLoRA's reference
+    implementation stacks its per-domain weights, instead of three small tensors per domain.
+    :func:`~mdctr.adapters.model.attach_adapters` puts the model's domains in one bank; a
+    domain added later (onboarding) gets a bank of its own, so it trains, and the others stay
+    frozen, tensor by tensor. The state dict keeps one entry per domain and part
+    (``lora_A.<domain>``, as PEFT keys its ``lora_A`` by adapter name), so checkpoints do not
+    depend on how domains were grouped into banks.
+    """
 
     def __init__(self, in_features: int, out_features: int, context: RoutingContext, *, bias: bool = True):
         super().__init__(in_features, out_features, bias=bias)
+        self._init_adapters(context)
+
+    def _init_adapters(self, context: RoutingContext) -> None:
         self.context = context
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
-        self.lora_bias = nn.ParameterDict()
+        self.banks: list[list[str]] = []  # domains of each bank, in row order
+        self.slots: dict[str, tuple[int, int]] = {}  # domain -> (bank, row)
         self.ranks: dict[str, int] = {}
+        self._bank_names: list[str] = []  # parameter names of the banks, A_0, B_0, bias_0, A_1, ...
         self.merged: str | None = None  # domain folded into weight/bias, if any
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, context: RoutingContext, domains: list[str], *,
                     rank: int | None = None, alpha: int = 8) -> "MLoRALinear":
-        """Wrap ``linear``, sharing its weight and bias tensors."""
+        """Wrap ``linear``, sharing its weight and bias tensors; ``domains`` get one bank."""
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = linear.in_features, linear.out_features
         layer.weight = linear.weight
         layer.bias = linear.bias
-        layer.context = context
-        layer.lora_A, layer.lora_B, layer.lora_bias = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
-        layer.ranks, layer.merged = {}, None
-        for d in domains:
-            layer.add_adapter(d, rank=rank, alpha=alpha)
+        layer._init_adapters(context)
+        layer.add_adapters(domains, rank=rank, alpha=alpha)
         return layer
 
     @staticmethod
     def rank_for(out_features: int, alpha: int, rank: int | None = None) -> int:
         return rank if rank is not None else max(out_features // alpha, 1)
 
-    def add_adapter(self, domain: str, *, rank: int | None = None, alpha: int = 8) -> None:
-        """A fresh (no-op) adapter for ``domain``: A glorot, B and b zero."""
-        if domain in self.lora_A:
-            raise ValueError(f"domain '{domain}' already has an adapter")
+    @property
+    def lora_A(self) -> _ByDomain:
+        return _ByDomain(self, 0)
+
+    @property
+    def lora_B(self) -> _ByDomain:
+        return _ByDomain(self, 1)
+
+    @property
+    def lora_bias(self) -> _ByDomain:
+        return _ByDomain(self, 2)
+
+    def bank(self, k: int) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
+        """Bank ``k``'s ``(A, B, bias)`` parameters."""
+        return tuple(self._parameters[n] for n in self._bank_names[3 * k: 3 * k + 3])
+
+    def bank_parameter_names(self, k: int) -> list[str]:
+        """Bank ``k``'s parameter names, relative to this layer."""
+        return self._bank_names[3 * k: 3 * k + 3]
+
+    def add_adapters(self, domains: list[str], *, rank: int | None = None, alpha: int = 8) -> None:
+        """Fresh (no-op) adapters for ``domains``, in a new bank: A glorot, B and b zero."""
+        domains = list(domains)
+        for i, d in enumerate(domains):
+            if d in self.slots or d in domains[:i]:
+                raise ValueError(f"domain '{d}' already has an adapter")
+        if not domains:
+            return
         r = self.rank_for(self.out_features, alpha, rank)
         device, dtype = self.weight.device, self.weight.dtype
-        a = torch.empty(self.in_features, r, device=device, dtype=dtype)
-        nn.init.xavier_uniform_(a)
-        self.lora_A[domain] = nn.Parameter(a)
-        self.lora_B[domain] = nn.Parameter(torch.zeros(r, self.out_features, device=device, dtype=dtype))
-        self.lora_bias[domain] = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype))
-        self.ranks[domain] = r
+        a = torch.empty(len(domains), self.in_features, r, device=device, dtype=dtype)
+        for j in range(len(domains)):  # each domain's draws as if it were a tensor of its own
+            nn.init.xavier_uniform_(a[j])
+        k = len(self.banks)
+        for part, value in zip(_PARTS, (a, torch.zeros(len(domains), r, self.out_features, device=device, dtype=dtype),
+                                        torch.zeros(len(domains), self.out_features, device=device, dtype=dtype))):
+            self.register_parameter(f"lora_{part}_{k}", nn.Parameter(value))
+            self._bank_names.append(f"lora_{part}_{k}")
+        self.banks.append(domains)
+        for j, d in enumerate(domains):
+            self.slots[d] = (k, j)
+            self.ranks[d] = r
+
+    def add_adapter(self, domain: str, *, rank: int | None = None, alpha: int = 8) -> None:
+        """A fresh (no-op) adapter for ``domain``, in a bank of its own."""
+        self.add_adapters([domain], rank=rank, alpha=alpha)
+
+    # -- state dict: one entry per domain and part -----------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in self._bank_names:
+            destination.pop(prefix + name, None)
+        for p, part in enumerate(_PARTS):
+            for domain, (k, j) in self.slots.items():
+                t = self.bank(k)[p]
+                destination[f"{prefix}lora_{part}.{domain}"] = (t if keep_vars else t.detach())[j]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        entries = {f"{prefix}lora_{part}.{domain}": (p, k, j)
+                   for p, part in enumerate(_PARTS) for domain, (k, j) in self.slots.items()}
+        n_missing, n_unexpected = len(missing_keys), len(unexpected_keys)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        banks = {prefix + n for n in self._bank_names}
+        missing_keys[n_missing:] = [k for k in missing_keys[n_missing:] if k not in banks]
+        unexpected_keys[n_unexpected:] = [k for k in unexpected_keys[n_unexpected:] if k not in entries]
+        with torch.no_grad():
+            for key, (p, k, j) in entries.items():
+                if key not in state_dict:
+                    if strict:
+                        missing_keys.append(key)
+                    continue
+                value, target = state_dict[key], self.bank(k)[p][j]
+                if value.shape != target.shape:
+                    error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} "
+                                      f"from checkpoint, the shape in current model is {tuple(target.shape)}.")
+                    continue
+                target.copy_(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = self.context.routing
@@ -260,20 +379,16 @@ class MLoRALinear(nn.Linear):
         else:
             counts = routing.counts
         xs = x if routing.order is None else x.index_select(0, routing.order)
-        # the ParameterDicts' own dicts: plain lookups (their __getitem__ goes through
-        # Module.__getattr__, which costs more than the rest of this loop)
-        a_of, b_of, bias_of = self.lora_A._parameters, self.lora_B._parameters, self.lora_bias._parameters
-        # every adapter goes in, also those of domains absent from this batch: they get zero
+        # every bank goes in, also those of domains absent from this batch: they get zero
         # gradients rather than none, so every rank of a data-parallel run (DDP with a static
         # graph) uses the same parameters whatever domains its batch holds
-        index = {name: k for k, name in enumerate(a_of)}
-        params = [t for name in a_of for t in (a_of[name], b_of[name], bias_of[name])]
-        groups, lo = [], 0
+        slots, groups, lo = self.slots, [], 0
         for idx, n in enumerate(counts):
             if n:
-                groups.append((lo, lo + n, index.get(names[idx])))
+                groups.append((lo, lo + n, *slots.get(names[idx], (None, None))))
             lo += n
-        out = _RoutedLinear.apply(xs, self.weight, self.bias, groups, *params)
+        params = self._parameters
+        out = _RoutedLinear.apply(xs, self.weight, self.bias, groups, *[params[n] for n in self._bank_names])
         return out if routing.inverse is None else out.index_select(0, routing.inverse)
 
     # -- serving -------------------------------------------------------------------------
@@ -304,4 +419,4 @@ class MLoRALinear(nn.Linear):
         self.merged = None
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, adapters={dict(self.ranks)}"
+        return f"{super().extra_repr()}, adapters={dict(self.ranks)}, banks={self.banks}"

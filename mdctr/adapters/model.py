@@ -95,7 +95,7 @@ def attach_adapters(model: nn.Module, domain_names: list[str], *, domains: list[
 
 def adapter_layers(model: nn.Module) -> dict[str, MLoRALinear]:
     """Adapted layers by qualified name (DMP/DDP prefixes stripped)."""
-    return {_clean(n): m for n, m in model.named_modules() if isinstance(m, MLoRALinear)}
+    return {clean_name(n): m for n, m in model.named_modules() if isinstance(m, MLoRALinear)}
 
 
 def inner_model(model: nn.Module) -> nn.Module:
@@ -109,10 +109,34 @@ def inner_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _clean(name: str) -> str:
+def clean_name(name: str) -> str:
+    """A parameter or state-dict name without DMP / DDP wrapper prefixes."""
     for prefix in ("_dmp_wrapped_module.", "module."):
         name = name.replace(prefix, "")
     return name
+
+
+def is_domain_entry(key: str, domain: str) -> bool:
+    """Whether state-dict entry ``key`` is part of ``domain``'s adapter (tower layers or own rows)."""
+    return (is_adapter_param(key) and key.endswith(f".{domain}")) or f"{ROWS}.{domain}." in key
+
+
+def domain_parameter_names(model: nn.Module, domain: str) -> set[str]:
+    """Names (wrapper prefixes stripped: :func:`clean_name`) of the parameters that hold
+    ``domain``'s adapter and nothing else: its bank in every adapted layer and its own
+    embedding rows. A domain sharing a bank with others (trained jointly with them) cannot
+    be trained alone."""
+    names = set()
+    for layer_name, layer in adapter_layers(model).items():
+        if domain not in layer.slots:
+            raise KeyError(f"no adapter for domain '{domain}' in layer {layer_name}")
+        k, _ = layer.slots[domain]
+        if len(layer.banks[k]) > 1:
+            raise ValueError(f"domain '{domain}' shares its adapter bank with {layer.banks[k]} in layer {layer_name}, "
+                             "so it cannot be trained alone")
+        names.update(f"{layer_name}.{n}" for n in layer.bank_parameter_names(k))
+    names.update(clean_name(n) for n, _ in model.named_parameters() if f"{ROWS}.{domain}." in n)
+    return names
 
 
 def add_domain(model: nn.Module, domain: str, *, alpha: int = 8, rank: int | None = None,
@@ -150,9 +174,10 @@ def adapter_tensors(model: nn.Module, domain: str) -> dict[str, torch.Tensor]:
     for name, layer in adapter_layers(model).items():
         if domain not in layer.lora_A:
             raise KeyError(f"no adapter for domain '{domain}' in layer {name}")
-        out[f"{name}.lora_A"] = layer.lora_A[domain].detach().cpu().contiguous()
-        out[f"{name}.lora_B"] = layer.lora_B[domain].detach().cpu().contiguous()
-        out[f"{name}.lora_bias"] = layer.lora_bias[domain].detach().cpu().contiguous()
+        # copies: the views share their bank's storage
+        out[f"{name}.lora_A"] = layer.lora_A[domain].detach().cpu().clone()
+        out[f"{name}.lora_B"] = layer.lora_B[domain].detach().cpu().clone()
+        out[f"{name}.lora_bias"] = layer.lora_bias[domain].detach().cpu().clone()
     learned = getattr(inner_model(model), ROWS, {})
     if domain in learned:
         for f in learned[domain].fields:

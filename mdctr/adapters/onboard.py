@@ -21,10 +21,11 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.files import backbone_identity, check_backbone, read_adapter, save_adapter
-from mdctr.adapters.rows import ROWS, find_cold_rows, seen_rows
+from mdctr.adapters.rows import find_cold_rows, seen_rows
 from mdctr.adapters.model import (
     adapter_layers, adapter_parameter_count, adapter_tensors, add_domain_rows, add_domain, attach_adapters,
-    backbone_parameter_count, domain_rows_of, freeze_backbone, layer_shapes, load_adapter_tensors,
+    backbone_parameter_count, clean_name, domain_parameter_names, domain_rows_of, freeze_backbone, is_adapter_param,
+    is_domain_entry, layer_shapes, load_adapter_tensors,
 )
 from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config, same_tensors
 from mdctr.domains.datasets import resolve_data
@@ -79,11 +80,6 @@ def apply_extra(model: nn.Module, run_dir: Path, extra: list[Path]) -> None:
         load_adapter_tensors(model, meta["domain"], tensors)
 
 
-def is_domain_param(name: str, domain: str) -> bool:
-    """Whether parameter ``name`` belongs to ``domain``'s adapter (tower layers or embedding rows)."""
-    return ("lora_" in name and name.endswith(f".{domain}")) or f"{ROWS}.{domain}." in name
-
-
 def backbone_tables(run_dir: Path, fields: list[str]) -> dict[str, torch.Tensor]:
     """The full embedding tables of ``fields`` in a run's best checkpoint (nothing else is read)."""
     state = ckpt.read_state(run_dir / "checkpoints")
@@ -123,14 +119,15 @@ def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: P
             {k: torch.from_numpy(v.astype("int64")) for k, v in seen.items() if v.size}
         add_domain_rows(model, domain, learned)
     freeze_backbone(model)
+    own = domain_parameter_names(model, domain)  # the new domain's banks (add_domain gives it its own) and rows
     for n, p in model.named_parameters():
-        if "lora_" in n and not is_domain_param(n, domain):
+        if is_adapter_param(n) and n not in own:
             p.requires_grad_(False)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, reader, layout, scratch, rank=rank, world_size=world, device=device, model=model,
                       domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
-                      trainable=lambda n: is_domain_param(n, domain),
-                      keep_only=lambda n: is_domain_param(n, domain))
+                      trainable=lambda n: clean_name(n) in own,
+                      keep_only=lambda key: is_domain_entry(key, domain))
     state = ckpt.read_state(base / "checkpoints")
     ckpt.load(trainer.model, None, ckpt.epoch_dir(base / "checkpoints", state.best_epoch), partial=True)
     before = backbone_snapshot(trainer.model)

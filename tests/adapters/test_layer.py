@@ -7,16 +7,27 @@ from mdctr.adapters.layer import MLoRALinear, RoutingContext
 NAMES = ["a", "b", "c"]
 
 
-def make_layer(alpha=4, rank=None, seed=0, in_features=10):
+def make_layer(alpha=4, rank=None, seed=0, in_features=10, domains=NAMES):
     torch.manual_seed(seed)
     ctx = RoutingContext(NAMES)
-    layer = MLoRALinear.from_linear(nn.Linear(in_features, 8), ctx, NAMES, alpha=alpha, rank=rank)
+    layer = MLoRALinear.from_linear(nn.Linear(in_features, 8), ctx, domains, alpha=alpha, rank=rank)
     return ctx, layer
 
 
+def grad_of(layer, part, domain):
+    """The gradient of ``domain``'s ``part`` (0: A, 1: B, 2: bias): its row of its bank's."""
+    k, j = layer.slots[domain]
+    g = layer.bank(k)[part].grad
+    return None if g is None else g[j]
+
+
 def randomise(layer):
+    randomise_domains(layer, NAMES)
+
+
+def randomise_domains(layer, domains):
     with torch.no_grad():
-        for d in NAMES:
+        for d in domains:
             layer.lora_B[d].normal_()
             layer.lora_bias[d].normal_()
 
@@ -85,11 +96,11 @@ def test_gradients_reach_only_the_domains_in_the_batch(domain):
     ctx, layer = make_layer()
     ctx.set(torch.tensor(domain))
     layer(torch.randn(3, 10)).sum().backward()
-    assert layer.lora_B["c"].grad.abs().sum() > 0
-    assert (layer.lora_B["a"].grad.abs().sum() > 0) == (0 in domain)
+    assert grad_of(layer, 1, "c").abs().sum() > 0
+    assert (grad_of(layer, 1, "a").abs().sum() > 0) == (0 in domain)
     for name in {"a", "b", "c"} - {NAMES[d] for d in domain}:
-        for part in (layer.lora_A, layer.lora_B, layer.lora_bias):
-            assert part[name].grad is not None and not part[name].grad.any()
+        for part in range(3):
+            assert grad_of(layer, part, name) is not None and not grad_of(layer, part, name).any()
 
 
 def test_merge_matches_unmerged_and_unmerge_restores_exactly():
@@ -127,10 +138,9 @@ def test_unknown_domain_index_is_an_error():
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("mixed_ranks", [False, True])
 def test_grouped_gradients_match_the_per_example_formula(grouped, mixed_ranks, in_features=10):
-    ctx, layer = make_layer(in_features=in_features)
-    if mixed_ranks:  # a domain onboarded later with its own rank
-        del layer.lora_A["b"], layer.lora_B["b"], layer.lora_bias["b"]
-        layer.add_adapter("b", rank=3)
+    ctx, layer = make_layer(in_features=in_features, domains=["a", "c"] if mixed_ranks else NAMES)
+    if mixed_ranks:  # a domain onboarded later with its own rank, in a bank of its own; a's
+        layer.add_adapter("b", rank=3)  # and c's rows of their bank are not adjacent in the batch
     randomise(layer)
     x = torch.randn(40, in_features, requires_grad=True)
     domain = torch.randint(0, 3, (40,))
@@ -140,38 +150,42 @@ def test_grouped_gradients_match_the_per_example_formula(grouped, mixed_ranks, i
     weights = torch.randn(40, 8)
     (layer(x) * weights).sum().backward()
     # reference: the formula row by row, with plain autograd
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters()}
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in layer.state_dict().items()}
     x2 = x.detach().clone().requires_grad_(True)
     rows = [x2[i] @ params["weight"].T + params["bias"]
             + x2[i] @ params[f"lora_A.{NAMES[d]}"] @ params[f"lora_B.{NAMES[d]}"] + params[f"lora_bias.{NAMES[d]}"]
             for i, d in enumerate(domain.tolist())]
     (torch.stack(rows) * weights).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    for n, p in layer.named_parameters():
-        torch.testing.assert_close(p.grad, params[n].grad, rtol=1e-5, atol=1e-5, msg=n)
+    torch.testing.assert_close(layer.weight.grad, params["weight"].grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, params["bias"].grad, rtol=1e-5, atol=1e-5)
+    for d in NAMES:
+        for part, name in enumerate(("lora_A", "lora_B", "lora_bias")):
+            torch.testing.assert_close(grad_of(layer, part, d), params[f"{name}.{d}"].grad, rtol=1e-5, atol=1e-5,
+                                       msg=f"{name}.{d}")
 
 
 def test_frozen_adapters_get_no_gradient_and_missing_adapters_add_nothing(in_features=10):
-    ctx, layer = make_layer(in_features=in_features)
-    randomise(layer)
-    layer.lora_A["a"].requires_grad_(False)
-    layer.lora_B["a"].requires_grad_(False)
-    del layer.lora_A["c"], layer.lora_B["c"], layer.lora_bias["c"]  # domain c has no adapter
+    ctx, layer = make_layer(in_features=in_features, domains=["a"])
+    layer.add_adapter("b", alpha=4)  # a bank of its own; domain c has no adapter
+    randomise_domains(layer, ["a", "b"])
+    a_bank = layer.bank(layer.slots["a"][0])
+    a_bank[0].requires_grad_(False)
+    a_bank[1].requires_grad_(False)
     x = torch.randn(9, in_features)
     ctx.set(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
     out = layer(x)
     torch.testing.assert_close(out[6:], nn.functional.linear(x[6:], layer.weight, layer.bias))
     out.sum().backward()
-    assert layer.lora_A["a"].grad is None and layer.lora_B["a"].grad is None
-    assert layer.lora_bias["a"].grad is not None and layer.lora_A["b"].grad.abs().sum() > 0
+    assert grad_of(layer, 0, "a") is None and grad_of(layer, 1, "a") is None
+    assert grad_of(layer, 2, "a") is not None and grad_of(layer, 0, "b").abs().sum() > 0
 
 
 def test_a_domains_outputs_do_not_depend_on_the_other_domains_adapters():
     """Onboarding promises bit-identical predictions for the other domains: their merged
     weights and GEMMs must not change when a domain gains an adapter or joins the batch."""
-    ctx, layer = make_layer()
-    randomise(layer)
-    del layer.lora_A["c"], layer.lora_B["c"], layer.lora_bias["c"]
+    ctx, layer = make_layer(domains=["a", "b"])
+    randomise_domains(layer, ["a", "b"])
     x = torch.randn(30, 10)
     domain = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
     ctx.set(domain)
@@ -186,3 +200,40 @@ def test_a_domains_outputs_do_not_depend_on_the_other_domains_adapters():
     after = layer(x).detach()
     assert torch.equal(after[:20], before)
     assert not torch.allclose(after[20:], nn.functional.linear(x[20:], layer.weight, layer.bias))
+
+
+def test_adapters_are_stacked_in_banks_and_checkpointed_by_domain():
+    """A step handles one tensor per bank and part; the state dict has one entry per domain
+    and part, so a checkpoint loads into any grouping of the domains into banks."""
+    _, joint = make_layer(domains=NAMES)
+    randomise(joint)
+    assert [n for n, _ in joint.named_parameters()] == ["weight", "bias", "lora_A_0", "lora_B_0", "lora_bias_0"]
+    assert joint.bank(0)[0].shape == (3, 10, 2) and joint.banks == [NAMES]
+    state = joint.state_dict()
+    assert sorted(k for k in state if k.startswith("lora_")) == sorted(
+        f"{part}.{d}" for part in ("lora_A", "lora_B", "lora_bias") for d in NAMES)
+    assert torch.equal(state["lora_B.b"], joint.bank(0)[1][1])
+    # another grouping: a and c together, b onboarded on its own with the same rank
+    _, split = make_layer(seed=1, domains=["c", "a"])
+    split.add_adapter("b", alpha=4)
+    assert split.banks == [["c", "a"], ["b"]]
+    split.load_state_dict(state)
+    for part in ("lora_A", "lora_B", "lora_bias"):
+        for d in NAMES:
+            assert torch.equal(getattr(split, part)[d], getattr(joint, part)[d]), (part, d)
+    # a domain the checkpoint lacks is missing, one the layer lacks is unexpected, a wrong shape an error
+    _, other = make_layer(domains=["a", "b"])
+    result = other.load_state_dict({k: v for k, v in state.items() if not k.endswith(".b")}, strict=False)
+    assert set(result.missing_keys) == {"lora_A.b", "lora_B.b", "lora_bias.b"}
+    assert set(result.unexpected_keys) == {"lora_A.c", "lora_B.c", "lora_bias.c"}
+    _, wide = make_layer(rank=3)
+    with pytest.raises(RuntimeError, match="size mismatch for lora_A.a"):
+        wide.load_state_dict(state)
+
+
+def test_a_domain_joins_a_layer_once():
+    _, layer = make_layer(domains=["a"])
+    with pytest.raises(ValueError, match="'a' already has an adapter"):
+        layer.add_adapter("a")
+    with pytest.raises(ValueError, match="'b' already has an adapter"):
+        layer.add_adapters(["b", "b"])
