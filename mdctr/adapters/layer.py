@@ -59,18 +59,24 @@ class RoutingContext:
         if domain.numel() == 0:
             self.routing = Routing(single=None, counts=[0] * n)
             return
-        if domain.is_floating_point() or bool((domain < 0).any()):
-            raise ValueError(f"domain indices must be non-negative integers (got {domain.min().item()})")
-        counts = torch.bincount(domain, minlength=n).tolist()  # one pass, one sync
-        if len(counts) > n:
-            raise ValueError(f"domain index {len(counts) - 1} has no name (known: {self.domain_names})")
-        present = [i for i, c in enumerate(counts) if c]
-        if len(present) == 1:
-            self.routing = Routing(single=present[0])
+        if domain.is_floating_point():
+            raise ValueError(f"domain indices must be integers (got {domain.dtype})")
+        # one pass: the runs of equal indices (a grouped batch has one per domain, ascending)
+        values, runs = (t.tolist() for t in torch.unique_consecutive(domain, return_counts=True))
+        if min(values) < 0:
+            raise ValueError(f"domain indices must be non-negative integers (got {min(values)})")
+        if max(values) >= n:
+            raise ValueError(f"domain index {max(values)} has no name (known: {self.domain_names})")
+        if len(values) == 1:
+            self.routing = Routing(single=values[0])
             return
-        if bool((domain[1:] >= domain[:-1]).all()):  # already grouped: contiguous slices, no gathers
+        if all(a < b for a, b in zip(values, values[1:])):  # already grouped: contiguous slices, no gathers
+            counts = [0] * n
+            for v, c in zip(values, runs):
+                counts[v] = c
             self.routing = Routing(single=None, counts=counts)
             return
+        counts = torch.bincount(domain, minlength=n).tolist()
         order = torch.argsort(domain, stable=True)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
@@ -83,19 +89,19 @@ _PARTS = ("A", "B", "bias")
 def _rows_times(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int],
                 adds: list[torch.Tensor | None]) -> torch.Tensor:
     """Row block ``i`` of the result (``sizes[i]`` rows) is that block of ``x`` times
-    ``weights[i]`` (out, in) transposed, plus ``adds[i]`` (a row vector, or None).
+    ``weights[i]`` (in, out), plus ``adds[i]`` (a row vector, or None).
 
     The vector goes into the GEMM (``addmm``), as ``nn.functional.linear`` does, so a block
     whose weight is the plain weight gives the plain layer's bits. (torch's ``grouped_mm``
     does the products on CPU at the same speed, without the vector and with alignment and
     dtype restrictions, so the loop it is.)
     """
-    out = x.new_empty(x.shape[0], weights[0].shape[0] if weights else 0)
+    out = x.new_empty(x.shape[0], weights[0].shape[1] if weights else 0)
     for xs, w, o, c in zip(x.split_with_sizes(sizes), weights, out.split_with_sizes(sizes), adds):
         if c is None:
-            torch.mm(xs, w.t(), out=o)
+            torch.mm(xs, w, out=o)
         else:
-            torch.addmm(c, xs, w.t(), out=o)
+            torch.addmm(c, xs, w, out=o)
     return out
 
 
@@ -150,7 +156,7 @@ class _RoutedLinear(torch.autograd.Function):
                 pos, rows = uses.setdefault(k, ([], []))
                 pos.append(i)
                 rows.append(j)
-        weights: list[torch.Tensor] = [weight] * len(groups)  # (out, in) per group
+        weights: list[torch.Tensor] = [weight.t()] * len(groups)  # (in, out) per group
         adds: list[torch.Tensor | None] = [bias] * len(groups)
         plan, saved = [], []
         for k, (pos, rows) in uses.items():
@@ -158,8 +164,8 @@ class _RoutedLinear(torch.autograd.Function):
             a_s, b_s, bias_s = (_take(t, pick) for t in banks[3 * k: 3 * k + 3])
             merged = torch.baddbmm(weight.expand(len(rows), *weight.shape), b_s.transpose(1, 2), a_s.transpose(1, 2))
             shifts = bias_s if bias is None else bias_s + bias
-            for m, i in enumerate(pos):
-                weights[i], adds[i] = merged[m], shifts[m]
+            for i, w, c in zip(pos, merged.transpose(1, 2).unbind(0), shifts.unbind(0)):
+                weights[i], adds[i] = w, c
             plan.append((k, pos, _pick(pos), pick))
             saved += [merged, a_s, b_s]
         sizes = [hi - lo for lo, hi, _, _ in groups]
@@ -180,10 +186,10 @@ class _RoutedLinear(torch.autograd.Function):
         sizes, plan, need = ctx.sizes, ctx.plan, ctx.needs_input_grad
         grad = grad.contiguous()
         grads: list[torch.Tensor | None] = [None] * ctx.n_params
-        weights = [weight] * len(sizes)
+        weights = [weight] * len(sizes)  # (out, in) per group
         for (_, pos, _, _), merged in zip(plan, saved[0::3]):
-            for m, i in enumerate(pos):
-                weights[i] = merged[m]
+            for i, w in zip(pos, merged.unbind(0)):
+                weights[i] = w
         need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for k, _, _, _ in plan)
         need_bias = ctx.has_bias and need[2]
         need_sums = need_bias or any(need[6 + 3 * k] for k, _, _, _ in plan)
@@ -191,15 +197,17 @@ class _RoutedLinear(torch.autograd.Function):
         gx = grad.new_empty(x.shape) if need[0] else None
         gt = grad.new_empty(len(sizes), grad.shape[1], x.shape[1]) if need[1] or need_ab else None
         sums = grad.new_empty(len(sizes), grad.shape[1]) if need_sums else None
-        x_blocks = x.split_with_sizes(sizes)
-        gx_blocks = gx.split_with_sizes(sizes) if gx is not None else None
-        for i, gs in enumerate(grad.split_with_sizes(sizes)):
-            if gx_blocks is not None:
-                torch.mm(gs, weights[i], out=gx_blocks[i])
-            if gt is not None:
-                torch.mm(gs.t(), x_blocks[i], out=gt[i])
-            if sums is not None:
-                torch.sum(gs, 0, out=sums[i])
+        none = [None] * len(sizes)
+        for gs, xs, w, gx_i, gt_i, sum_i in zip(
+                grad.split_with_sizes(sizes), x.split_with_sizes(sizes) if gt is not None else none, weights,
+                gx.split_with_sizes(sizes) if gx is not None else none, gt.unbind(0) if gt is not None else none,
+                sums.unbind(0) if sums is not None else none):
+            if gx_i is not None:
+                torch.mm(gs, w, out=gx_i)
+            if gt_i is not None:
+                torch.mm(gs.t(), xs, out=gt_i)
+            if sum_i is not None:
+                torch.sum(gs, 0, out=sum_i)
         gw = gt.sum(0) if need[1] else None
         gbias = sums.sum(0) if need_bias else None
         for (k, _, at, pick), a_s, b_s in zip(plan, saved[1::3], saved[2::3]):

@@ -133,6 +133,23 @@ def test_unknown_domain_index_is_an_error():
     ctx, _ = make_layer()
     with pytest.raises(ValueError, match="domain index 3 has no name"):
         ctx.set(torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="non-negative integers \\(got -1\\)"):
+        ctx.set(torch.tensor([2, 0, -1, 1]))
+    with pytest.raises(ValueError, match="must be integers"):
+        ctx.set(torch.tensor([0.0, 1.0]))
+
+
+def test_routing_of_grouped_single_and_unsorted_batches():
+    ctx, _ = make_layer()
+    ctx.set(torch.tensor([0, 0, 2, 2, 2]))  # grouped: contiguous slices
+    assert ctx.routing.order is None and ctx.routing.counts == [2, 0, 3]
+    ctx.set(torch.tensor([1, 1]))
+    assert ctx.routing.single == 1
+    ctx.set(torch.tensor([2, 0, 2, 1, 0]))  # unsorted: one stable sort, shared by the layers
+    assert ctx.routing.counts == [2, 1, 2]
+    assert ctx.routing.order.tolist() == [1, 4, 3, 0, 2] and ctx.routing.inverse[ctx.routing.order].tolist() == list(range(5))
+    ctx.set(torch.tensor([0, 1, 0]))  # ascending runs only if each domain is one run
+    assert ctx.routing.order is not None and ctx.routing.counts == [2, 1, 0]
 
 
 @pytest.mark.parametrize("grouped", [True, False])
