@@ -1,11 +1,15 @@
 """Cost of MLoRA adapters, side by side in one run, on the 1M-id synthetic configuration.
 
-- training step time of MLoRA (joint: tables, backbone and adapters) with 8 and with 21
-  domains vs. the shared model, on the same mixed-domain batches of 4096;
+- training step time of MLoRA with 8 and with 21 domains vs. the shared model, on the same
+  mixed-domain batches of 4096: ``joint`` (tables, backbone and adapters train together;
+  ``step_ratio_8``/``step_ratio_21``) and the second phase of ``two_phase``, the default mode
+  and the MLoRA paper's (adapters train on the frozen backbone; its first phase is the
+  shared model's training itself, ratio 1);
 - inference latency of a merged single-domain model vs. the shared model (batch 4096);
 - adapter parameters per domain as a share of the backbone's.
 
-Last line: ``{"step_ratio_8", "step_ratio_21", "merged_latency_ratio", "adapter_param_share"}``.
+Last line: ``{"step_ratio_8", "step_ratio_21", "step_ratio_8_two_phase", "step_ratio_21_two_phase",
+"merged_latency_ratio", "adapter_param_share"}``.
 
 Usage: python benchmarks/adapter_overhead.py [--rows 200000] [--steps 40] [--rounds 3]
 """
@@ -25,7 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import BATCH, DIM, HIDDEN, synth_config  # noqa: E402
 
-from mdctr.adapters.model import adapter_layers, attach_adapters, backbone_parameter_count, parameter_share  # noqa: E402
+from mdctr.adapters.model import (  # noqa: E402
+    adapter_layers, attach_adapters, backbone_parameter_count, freeze_backbone, is_adapter_param, parameter_share,
+)
 from mdctr.domains.batching import DatasetReader  # noqa: E402
 from mdctr.domains.spec import load_spec  # noqa: E402
 from mdctr.domains.synthetic import SynthDomain, generate_synthetic  # noqa: E402
@@ -44,7 +50,8 @@ def make_data(root: Path, n_domains: int, rows: int) -> Path:
     return out
 
 
-def trainer_for(data: Path, ck: Path, adapters: bool, alpha: int = 8) -> Trainer:
+def trainer_for(data: Path, ck: Path, adapters: bool, alpha: int = 8, frozen: bool = False) -> Trainer:
+    """The shared model, or MLoRA: joint, or (``frozen``) two_phase's adapter phase."""
     cfg = TrainConfig(data=str(data), model=ModelConfig(embedding_dim=DIM, hidden=HIDDEN),
                       train=TrainLoopConfig(batch_size=BATCH, grad_clip=None))
     layout = feature_layout(load_spec(data), cfg.model, cfg.baseline)
@@ -53,7 +60,10 @@ def trainer_for(data: Path, ck: Path, adapters: bool, alpha: int = 8) -> Trainer
     model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
     if adapters:
         attach_adapters(model, layout.domain_names, alpha=alpha)
-    return Trainer(cfg, reader, layout, ck, model=model, progress=False)
+    if frozen:
+        freeze_backbone(model)
+    return Trainer(cfg, reader, layout, ck, model=model, progress=False,
+                   trainable=is_adapter_param if frozen else None)
 
 
 def step_times(trainers: list[Trainer], batches, steps: int) -> list[float]:
@@ -110,13 +120,15 @@ def main() -> int:
             for n in (8, 21):
                 shared = trainer_for(data[n], root / f"ck-s{n}", adapters=False)
                 mlora = trainer_for(data[n], root / f"ck-m{n}", adapters=True, alpha=args.alpha)
+                phase2 = trainer_for(data[n], root / f"ck-p{n}", adapters=True, alpha=args.alpha, frozen=True)
                 # MLoRA runs train on batches grouped by domain (Trainer(group_domains=True)); both use them
                 batches = list(shared.reader.batches("train", batch_size=BATCH, drop_last=True,
                                                      group_domains=True))[:20]
                 for _ in range(args.rounds):
-                    s_t, m_t = step_times([shared, mlora], batches, args.steps)
+                    s_t, m_t, p_t = step_times([shared, mlora, phase2], batches, args.steps)
                     runs.setdefault(f"shared_{n}", []).append(s_t)
                     runs.setdefault(f"mlora_{n}", []).append(m_t)
+                    runs.setdefault(f"two_phase_{n}", []).append(p_t)
                 if n == 8:
                     model = mlora.model
                     backbone = backbone_parameter_count(CTRModel(mlora.layout, ModelConfig(embedding_dim=DIM, hidden=HIDDEN)))
@@ -138,6 +150,8 @@ def main() -> int:
     out = {
         "step_ratio_8": round(med["mlora_8"] / med["shared_8"], 3),
         "step_ratio_21": round(med["mlora_21"] / med["shared_21"], 3),
+        "step_ratio_8_two_phase": round(med["two_phase_8"] / med["shared_8"], 3),
+        "step_ratio_21_two_phase": round(med["two_phase_21"] / med["shared_21"], 3),
         "merged_latency_ratio": round(med["latency_merged"] / med["latency_shared"], 3),
         "adapter_param_share": round(res["adapter_param_share"], 5),
     }
