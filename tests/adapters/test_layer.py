@@ -155,9 +155,9 @@ def test_routing_of_grouped_single_and_unsorted_batches():
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("mixed_ranks", [False, True])
 def test_grouped_gradients_match_the_per_example_formula(grouped, mixed_ranks, in_features=10):
-    ctx, layer = make_layer(in_features=in_features, domains=["a", "c"] if mixed_ranks else NAMES)
-    if mixed_ranks:  # a domain onboarded later with its own rank, in a bank of its own; a's
-        layer.add_adapter("b", rank=3)  # and c's rows of their bank are not adjacent in the batch
+    ctx, layer = make_layer(in_features=in_features, domains=["c", "a"] if mixed_ranks else NAMES)
+    if mixed_ranks:  # a domain onboarded later with its own rank, in a bank of its own; the
+        layer.add_adapter("b", rank=3)  # first bank holds c before a, and their rows are not adjacent
     randomise(layer)
     x = torch.randn(40, in_features, requires_grad=True)
     domain = torch.randint(0, 3, (40,))
