@@ -91,16 +91,20 @@ def step_times(trainers: list[Trainer], batches, steps: int) -> list[float]:
 
 
 @torch.no_grad()
-def latency(trainer: Trainer, batch, reps: int) -> float:
-    trainer.model.eval()
-    for _ in range(3):
-        trainer.model(batch.sparse, batch.dense, batch.domain)
-    times = []
+def latencies(trainers: list[Trainer], batch, reps: int) -> list[float]:
+    """Median inference latency of each trainer's model on ``batch``, calls interleaved one
+    by one (as in :func:`step_times`)."""
+    for trainer in trainers:
+        trainer.model.eval()
+        for _ in range(3):
+            trainer.model(batch.sparse, batch.dense, batch.domain)
+    times: list[list[float]] = [[] for _ in trainers]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        trainer.model(batch.sparse, batch.dense, batch.domain)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for trainer, ts in zip(trainers, times):
+            t0 = time.perf_counter()
+            trainer.model(batch.sparse, batch.dense, batch.domain)
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> int:
@@ -138,8 +142,9 @@ def main() -> int:
                     for layer in adapter_layers(model).values():
                         layer.merge("d0")
                     for _ in range(args.rounds):
-                        runs.setdefault("latency_shared", []).append(latency(shared, one, 30))
-                        runs.setdefault("latency_merged", []).append(latency(mlora, one, 30))
+                        s_l, m_l = latencies([shared, mlora], one, 30)
+                        runs.setdefault("latency_shared", []).append(s_l)
+                        runs.setdefault("latency_merged", []).append(m_l)
             res["runs"] = runs
 
         launch(work, 1)
