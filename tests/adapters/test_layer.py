@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from mdctr.adapters.layer import MLoRALinear, RoutingContext
+from mdctr.adapters.model import domain_parameter_names
 
 NAMES = ["a", "b", "c"]
 
@@ -254,3 +255,13 @@ def test_a_domain_joins_a_layer_once():
         layer.add_adapter("a")
     with pytest.raises(ValueError, match="'b' already has an adapter"):
         layer.add_adapters(["b", "b"])
+
+
+def test_a_domain_trains_alone_only_in_a_bank_of_its_own():
+    """Fine-tuning trains the parameters holding one domain's adapter and nothing else."""
+    _, layer = make_layer(domains=["a", "b"])
+    layer.add_adapter("c", alpha=4)
+    model = nn.Sequential(layer)
+    assert domain_parameter_names(model, "c") == {"0.lora_A_1", "0.lora_B_1", "0.lora_bias_1"}
+    with pytest.raises(ValueError, match=r"'a' shares its adapter bank with \['a', 'b'\]"):
+        domain_parameter_names(model, "a")
