@@ -141,7 +141,8 @@ def domain_parameter_names(model: nn.Module, domain: str) -> set[str]:
 
 def add_domain(model: nn.Module, domain: str, *, alpha: int = 8, rank: int | None = None,
                ranks: dict[str, int] | None = None) -> None:
-    """A fresh (no-op) adapter for ``domain`` in every adapted layer (``ranks``: per layer)."""
+    """A fresh (no-op) adapter for ``domain`` in every adapted layer (``ranks``: per layer),
+    each in a bank of its own, so it can be trained while the others stay frozen."""
     layers = adapter_layers(model)
     if not layers:
         raise ValueError("model has no adapters attached")
