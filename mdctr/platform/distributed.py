@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -34,6 +35,12 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 from mdctr.platform.config import DenseOptim, EmbeddingOptim
 from mdctr.platform.quiet import quiet_library_warnings
 
+log = logging.getLogger("mdctr.distributed")
+
+#: tries at a fresh rendezvous port in :func:`launch`: :func:`free_port` releases the port it
+#: found, and another process (a Ray worker, say) can bind it before rank 0 does
+PORT_ATTEMPTS = 3
+
 
 def select_device(local_rank: int = 0) -> tuple[torch.device, str]:
     """``(cuda:local_rank, "nccl")`` when CUDA is available, else ``(cpu, "gloo")``."""
@@ -49,6 +56,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTakenError(RuntimeError):
+    """Rank 0 could not bind the rendezvous port: another process holds it."""
+
+
 @contextmanager
 def process_group(rank: int, world_size: int, backend: str):
     """Join (and finally leave) the default process group; a no-op if one exists already."""
@@ -58,7 +69,12 @@ def process_group(rank: int, world_size: int, backend: str):
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     hook = sys.excepthook  # init_process_group chains a "[rankN]:" excepthook on every call
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    except dist.DistNetworkError as err:
+        if "EADDRINUSE" in str(err):
+            raise PortTakenError(f"rendezvous port {os.environ['MASTER_PORT']} is taken by another process") from err
+        raise
     try:
         yield
     finally:
@@ -83,15 +99,25 @@ def launch(fn: Callable, world_size: int, *args) -> None:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` ranks (spawned processes if > 1).
 
     Already inside a process group (e.g. a Ray Train worker or ``torchrun``), ``fn`` runs on
-    this rank of it instead.
+    this rank of it instead. If another process takes the rendezvous port before rank 0
+    binds it, the ranks start again on a fresh port (before ``fn`` ran: nothing is redone).
     """
     if dist.is_initialized():
         fn(dist.get_rank(), dist.get_world_size(), *args)
         return
-    if world_size == 1:
-        _worker(0, 1, free_port(), fn, args)
-        return
-    mp.spawn(_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        try:
+            if world_size == 1:
+                _worker(0, 1, port, fn, args)
+            else:
+                mp.spawn(_worker, args=(world_size, port, fn, args), nprocs=world_size, join=True)
+            return
+        except (PortTakenError, mp.ProcessRaisedException) as err:
+            taken = isinstance(err, PortTakenError) or PortTakenError.__name__ in str(err)
+            if not taken or attempt == PORT_ATTEMPTS:
+                raise
+            log.warning("rendezvous port %d was taken by another process; starting again on a fresh one", port)
 
 
 _FUSED: dict[str, type[torch.optim.Optimizer]] = {
