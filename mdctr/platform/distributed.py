@@ -2,7 +2,8 @@
 
 - :func:`select_device`: CUDA + NCCL when a GPU is present, else CPU + gloo.
 - :func:`launch`: run ``fn(rank, world_size, *args)`` in ``world_size`` processes (world
-  size 1 runs in this process) with a process group bound to 127.0.0.1.
+  size 1 runs in this process) with a process group bound to 127.0.0.1 (on a fresh port
+  if another process takes the chosen one first).
 - :func:`shard`: fused in-backward optimizer on the tables, TorchRec's planner, then
   ``DistributedModelParallel``.
 - :func:`dense_optimizer`: a torch optimizer over every parameter that is not a table.
