@@ -170,7 +170,7 @@ class _RoutedLinear(torch.autograd.Function):
             saved += [merged, a_s, b_s]
         sizes = [hi - lo for lo, hi, _, _ in groups]
         out = _rows_times(x, weights, sizes, adds)
-        ctx.sizes, ctx.groups, ctx.plan = sizes, groups, plan
+        ctx.sizes, ctx.plan = sizes, plan
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight, *saved)
         # banks of domains absent from the batch get zero gradients
