@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mdctr.adapters import grouped
+
 
 @dataclass
 class Routing:
@@ -86,25 +88,6 @@ class RoutingContext:
 _PARTS = ("A", "B", "bias")
 
 
-def _rows_times(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int],
-                adds: list[torch.Tensor | None]) -> torch.Tensor:
-    """Row block ``i`` of the result (``sizes[i]`` rows) is that block of ``x`` times
-    ``weights[i]`` (in, out), plus ``adds[i]`` (a row vector, or None).
-
-    The vector goes into the GEMM (``addmm``), as ``nn.functional.linear`` does, so a block
-    whose weight is the plain weight gives the plain layer's bits. (torch's ``grouped_mm``
-    does the products on CPU at the same speed, without the vector and with alignment and
-    dtype restrictions, so the loop it is.)
-    """
-    out = x.new_empty(x.shape[0], weights[0].shape[1] if weights else 0)
-    for xs, w, o, c in zip(x.split_with_sizes(sizes), weights, out.split_with_sizes(sizes), adds):
-        if c is None:
-            torch.mm(xs, w, out=o)
-        else:
-            torch.addmm(c, xs, w, out=o)
-    return out
-
-
 def _pick(slots: list[int]) -> slice | list[int]:
     """Index of ``slots`` in a bank: a slice (a view, no copy) when they are consecutive."""
     return slice(slots[0], slots[-1] + 1) if slots == list(range(slots[0], slots[-1] + 1)) else slots
@@ -145,7 +128,8 @@ class _RoutedLinear(torch.autograd.Function):
     low-rank path ``(x A_d) B_d`` instead costs about ten extra passes over the activations
     (one per small GEMM or add), which dominated the step on CPU
     (benchmarks/adapter_overhead.py). A domain's merged weight does not depend on which
-    other domains share the batched call (checked in tests/adapters).
+    other domains share the batched call (checked in tests/adapters). The row-block GEMMs
+    run in :mod:`mdctr.adapters.grouped` (a compiled kernel on CPU).
     """
 
     @staticmethod
@@ -169,7 +153,7 @@ class _RoutedLinear(torch.autograd.Function):
             plan.append((k, pos, _pick(pos), pick))
             saved += [merged, a_s, b_s]
         sizes = [hi - lo for lo, hi, _, _ in groups]
-        out = _rows_times(x, weights, sizes, adds)
+        out = grouped.linear(x, weights, adds, sizes)
         ctx.sizes, ctx.plan = sizes, plan
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight, *saved)
@@ -184,7 +168,6 @@ class _RoutedLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, *saved = ctx.saved_tensors
         sizes, plan, need = ctx.sizes, ctx.plan, ctx.needs_input_grad
-        grad = grad.contiguous()
         grads: list[torch.Tensor | None] = [None] * ctx.n_params
         weights = [weight] * len(sizes)  # (out, in) per group
         for (_, pos, _, _), merged in zip(plan, saved[0::3]):
@@ -193,23 +176,9 @@ class _RoutedLinear(torch.autograd.Function):
         need_ab = any(need[4 + 3 * k] or need[5 + 3 * k] for k, _, _, _ in plan)
         need_bias = ctx.has_bias and need[2]
         need_sums = need_bias or any(need[6 + 3 * k] for k, _, _, _ in plan)
-        # one pass over the row blocks: dx_d = g_d merged_d, G_d = x_d^T g_d, bias sums. (G_d
-        # in (in, out) layout: this GEMM is ~10% faster than g_d^T x_d on CPU, and the adapter
-        # products below read it as is)
-        gx = grad.new_empty(x.shape) if need[0] else None
-        gt = grad.new_empty(len(sizes), x.shape[1], grad.shape[1]) if need[1] or need_ab else None
-        sums = grad.new_empty(len(sizes), grad.shape[1]) if need_sums else None
-        none = [None] * len(sizes)
-        for gs, xs, w, gx_i, gt_i, sum_i in zip(
-                grad.split_with_sizes(sizes), x.split_with_sizes(sizes) if gt is not None else none, weights,
-                gx.split_with_sizes(sizes) if gx is not None else none, gt.unbind(0) if gt is not None else none,
-                sums.unbind(0) if sums is not None else none):
-            if gx_i is not None:
-                torch.mm(gs, w, out=gx_i)
-            if gt_i is not None:
-                torch.mm(xs.t(), gs, out=gt_i)
-            if sum_i is not None:
-                torch.sum(gs, 0, out=sum_i)
+        # one pass over the row blocks: dx_d = g_d merged_d, G_d = x_d^T g_d, bias sums
+        gx, gt, sums = grouped.linear_backward(grad, x, weights, sizes, need_gx=need[0], need_gt=need[1] or need_ab,
+                                               need_sums=need_sums)
         gw = gt.sum(0).t().contiguous() if need[1] else None
         gbias = sums.sum(0) if need_bias else None
         for (k, _, at, pick), a_s, b_s in zip(plan, saved[1::3], saved[2::3]):
