@@ -96,6 +96,26 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) ->
         fn(rank, world_size, *args)
 
 
+def _spawned_worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+    """:func:`_worker` in a spawned rank process, which then ends without interpreter
+    finalization.
+
+    A gloo worker thread may still be destroying the last collective's work object (it
+    holds the gathered tensors) when the rank's Python code is done; if that happens while
+    the interpreter finalizes, taking the GIL ends the thread and the C++ runtime aborts the
+    process (``terminate called without an active exception``, SIGABRT; seen in ~1 of 8
+    two-rank runs, backtrace ``~AsyncAllgatherWork`` -> ``decref_pyobject`` ->
+    ``PyThread_exit_thread``). Once the process group is destroyed and the logs flushed,
+    there is nothing left to finalize, so the rank exits at once with status 0. Errors
+    still propagate to :func:`torch.multiprocessing.spawn` as usual.
+    """
+    _worker(rank, world_size, port, fn, args)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def launch(fn: Callable, world_size: int, *args) -> None:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` ranks (spawned processes if > 1).
 
@@ -112,7 +132,7 @@ def launch(fn: Callable, world_size: int, *args) -> None:
             if world_size == 1:
                 _worker(0, 1, port, fn, args)
             else:
-                mp.spawn(_worker, args=(world_size, port, fn, args), nprocs=world_size, join=True)
+                mp.spawn(_spawned_worker, args=(world_size, port, fn, args), nprocs=world_size, join=True)
             return
         except (PortTakenError, mp.ProcessRaisedException) as err:
             taken = isinstance(err, PortTakenError) or PortTakenError.__name__ in str(err)

@@ -1,4 +1,5 @@
-"""Launching ranks when the rendezvous port is taken between choosing and binding it."""
+"""Launching ranks: the rendezvous port taken between choosing and binding it, and how spawned
+ranks end."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from mdctr.platform import distributed
 
@@ -54,3 +57,30 @@ def test_the_functions_own_errors_are_not_retried():
     with pytest.raises(RuntimeError, match="from the job itself"):
         distributed.launch(fails, 1)
     assert calls == [0]
+
+
+def gather_last(rank: int, world: int, out_dir: str) -> None:
+    """Ends right after a collective: the gloo work object that holds the tensors may outlive
+    the rank's Python code (see distributed._spawned_worker)."""
+    mine = torch.full((4096,), float(rank))
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    Path(out_dir, f"rank{rank}").write_text(str(sum(float(p.sum()) for p in parts)))
+
+
+def test_spawned_ranks_exit_cleanly_right_after_a_collective(tmp_path):
+    for run in range(3):
+        out = tmp_path / str(run)
+        out.mkdir()
+        distributed.launch(gather_last, 2, str(out))
+        assert [float(Path(out, f"rank{r}").read_text()) for r in range(2)] == [4096.0, 4096.0]
+
+
+def fails_on_rank_one(rank: int, world: int) -> None:
+    if rank == 1:
+        raise ValueError("rank one's own error")
+
+
+def test_a_spawned_ranks_error_still_reaches_the_caller():
+    with pytest.raises(mp.ProcessRaisedException, match="rank one's own error"):
+        distributed.launch(fails_on_rank_one, 2)
