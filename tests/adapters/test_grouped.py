@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from mdctr.adapters import grouped
-from mdctr.adapters.layer import MLoRALinear, RoutingContext
+from mdctr.adapters.layer import MLoRALinear, RoutingContext, _RoutedLinear
 
 
 def blocks(sizes, d_in=24, d_out=40, seed=0, bias=True):
@@ -74,3 +74,18 @@ def test_fresh_adapters_give_the_plain_layers_bits_on_a_batch_the_threads_split(
     ctx.set(torch.randint(0, 8, (4096,)).sort().values)
     with torch.no_grad():
         assert torch.equal(layer(x), base(x))
+
+
+def test_routed_layer_gradients_pass_gradcheck_through_the_kernel():
+    # 140 rows: the kernel splits them between threads (and domain "b"'s block with them);
+    # rows 130: have no adapter (the plain layer)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(140, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(4, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    bank = [torch.randn(2, 6, 3, dtype=torch.float64, generator=g, requires_grad=True),
+            torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True),
+            torch.randn(2, 4, dtype=torch.float64, generator=g, requires_grad=True)]
+    groups = [(0, 50, 0, 0), (50, 130, 0, 1), (130, 140, None, None)]
+    assert torch.autograd.gradcheck(lambda *t: _RoutedLinear.apply(t[0], t[1], t[2], groups, *t[3:]), (x, w, b, *bank))
