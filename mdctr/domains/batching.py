@@ -123,8 +123,9 @@ class DatasetReader:
         table_sizes: rows of each field's embedding table; ids are mapped with
             :func:`mdctr.domains.ids.table_rows`. Defaults to each field's cardinality.
         chunk_rows: rows read and shuffled together.
-        cache_rows: datasets with at most this many rows keep their decoded row groups in
-            memory, so later epochs skip Parquet decoding and id mapping.
+        cache_rows: datasets with at most this many rows keep their row groups in memory,
+            read once (Parquet decoding) for every selection (split, domains, time window),
+            and each selection's decoded rows, so later epochs skip decoding and id mapping.
         background: read and decode the next chunk on a background thread.
         fields: the sparse and multi-hot fields batches carry (default: all of them).
         raw_fields: single-valued fields whose raw ids batches also carry in ``Batch.extra``
@@ -145,6 +146,7 @@ class DatasetReader:
         self.chunk_rows = chunk_rows
         self.background = background
         self._cache: dict[tuple, _Chunk] = {}
+        self._tables: dict[int, pa.Table] = {}  # row group k as read, when cacheable
         names = [f.name for f in self.spec.sparse_fields + self.spec.multi_hot_fields]
         for what, wanted in (("fields", fields), ("raw_fields", raw_fields)):
             missing = [f for f in wanted or [] if f not in names]
@@ -218,8 +220,12 @@ class DatasetReader:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        path, g, _ = self._row_groups[k]
-        t = pq.ParquetFile(path).read_row_group(g)
+        t = self._tables.get(k)
+        if t is None:
+            path, g, _ = self._row_groups[k]
+            t = pq.ParquetFile(path).read_row_group(g)
+            if self._cacheable:  # valid, test and other domains' selections reuse it
+                self._tables[k] = t
         keep = self._mask(t, *mask_args)
         if not keep.all():
             t = t.filter(pa.array(keep))
