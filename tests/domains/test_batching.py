@@ -182,6 +182,29 @@ def test_domain_filter(reader, train_ids, ml_gender_df):
     np.testing.assert_array_equal(np.sort(both), train_ids)
 
 
+def test_selections_of_a_small_dataset_read_each_row_group_once(ml_gender_dir, ml_gender_df, monkeypatch):
+    import pyarrow.parquet as pq
+
+    reads = []
+    real = pq.ParquetFile.read_row_group
+
+    def counted(self, g, *args, **kwargs):
+        reads.append(g)
+        return real(self, g, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    fresh = DatasetReader(ml_gender_dir)
+    groups = len(fresh._row_groups)
+    selections = [dict(split="train"), dict(split="valid"), dict(split="test", domains=["F"]), dict(split=None)]
+    got = [all_ids(fresh.batches(batch_size=BS, shuffle=False, **sel)) for sel in selections]
+    assert len(reads) == groups  # once, whatever the split or domains
+    # and the rows are those a reader without the cache selects
+    uncached = DatasetReader(ml_gender_dir, cache_rows=0)
+    for sel, ids in zip(selections, got):
+        np.testing.assert_array_equal(ids, all_ids(uncached.batches(batch_size=BS, shuffle=False, **sel)))
+    assert len(reads) == groups + len(selections) * groups  # the uncached one reads for each selection
+
+
 def test_ts_range_filter(reader, ml_gender_df):
     lo, hi = 880_000_000, 885_000_000
     batches = list(reader.batches(None, batch_size=BS, ts_range=(lo, hi)))
