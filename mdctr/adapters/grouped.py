@@ -1,9 +1,8 @@
 """Grouped GEMMs of MLoRA's routed layer: row blocks of a batch, each times its own weight.
 
 :func:`linear` and :func:`linear_backward` run the compiled CPU kernel
-(``csrc/grouped.cpp``, built by ``setup.py`` into ``mdctr.adapters._grouped``) on CPU
-tensors, and a loop of torch calls otherwise (CUDA, or an install built without torch,
-see :func:`kernel_status`). Both give the same blocks; the kernel cuts the rows into one
+(``csrc/grouped.cpp``, :mod:`mdctr.adapters.native`) on CPU tensors, and a loop of torch
+calls otherwise (CUDA, or an install built without torch). Both give the same blocks; the kernel cuts the rows into one
 range per thread and runs single-threaded GEMMs in each, where the loop makes every block
 GEMM a parallel region of its own (~5-10% slower per layer on 2 cores).
 """
@@ -12,18 +11,7 @@ from __future__ import annotations
 
 import torch
 
-try:
-    from mdctr.adapters import _grouped as _kernel
-except ImportError as e:  # built without torch (an isolated build), or on a platform without a compiler
-    _kernel, _missing = None, str(e)
-else:
-    _missing = ""
-
-
-def kernel_status() -> str:
-    """Which implementation CPU tensors get: ``"compiled"``, or why not."""
-    return "compiled" if _kernel is not None else f"torch loop (kernel not built: {_missing})"
-
+from mdctr.adapters.native import kernels
 
 def _bounds(sizes: list[int]) -> list[int]:
     bounds = [0]
@@ -42,8 +30,8 @@ def linear(x: torch.Tensor, weights: list[torch.Tensor], adds: list[torch.Tensor
     loops over the groups on CPU, without the vector and with alignment and dtype
     restrictions.)
     """
-    if _kernel is not None and x.device.type == "cpu" and sizes:
-        return _kernel.grouped_linear(x.contiguous(), weights, adds, _bounds(sizes))
+    if kernels is not None and x.device.type == "cpu" and sizes:
+        return kernels.grouped_linear(x.contiguous(), weights, adds, _bounds(sizes))
     return loop_linear(x, weights, adds, sizes)
 
 
@@ -53,8 +41,8 @@ def linear_backward(grad: torch.Tensor, x: torch.Tensor, weights_t: list[torch.T
     ``gt[i] = x_i^T grad_i`` (in, out) and ``sums[i] = grad_i.sum(0)``; each None unless
     asked for. (``gt`` in (in, out) layout: this GEMM is ~10% faster than ``grad_i^T x_i``
     on CPU, and the adapter gradients read it as is.)"""
-    if _kernel is not None and grad.device.type == "cpu" and sizes:
-        return _kernel.grouped_linear_backward(grad.contiguous(), x.contiguous(), weights_t, _bounds(sizes),
+    if kernels is not None and grad.device.type == "cpu" and sizes:
+        return kernels.grouped_linear_backward(grad.contiguous(), x.contiguous(), weights_t, _bounds(sizes),
                                                need_gx, need_gt, need_sums)
     return loop_linear_backward(grad, x, weights_t, sizes, need_gx=need_gx, need_gt=need_gt, need_sums=need_sums)
 

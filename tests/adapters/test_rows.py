@@ -92,3 +92,51 @@ def test_cold_rows_are_the_seen_rows_still_at_their_seeded_init():
 def test_rows_must_be_sorted_and_unique():
     with pytest.raises(ValueError, match="sorted and unique"):
         DomainRows({"user": torch.tensor([3, 1])}, dim=2, mean={"user": False})
+
+
+def random_lookup(seed, n_rows=300, n_bags=700, dim=5, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(2000, generator=g)[:n_rows].sort().values
+    vecs = torch.randn(n_rows, dim, generator=g, dtype=dtype)
+    lengths = torch.randint(0, 4, (n_bags,), generator=g)  # empty bags too
+    values = torch.randint(0, 2000, (int(lengths.sum()),), generator=g)  # most ids miss
+    values[::3] = rows[torch.randint(0, n_rows, (len(values[::3]),), generator=g)]
+    keep = torch.rand(n_bags, generator=g) < 0.7
+    return rows, vecs, values, lengths, keep
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_keep", [False, True])
+def test_compiled_own_rows_give_pool_rows_bits_and_gradients(seed, with_keep):
+    from mdctr.adapters import native
+    from mdctr.adapters.rows import pool_own_rows, pool_rows
+
+    assert native.status() == "compiled"
+    rows, vecs, values, lengths, keep = random_lookup(seed)
+    keep = keep if with_keep else None
+    a, b = vecs.clone().requires_grad_(), vecs.clone().requires_grad_()
+    got = pool_own_rows(rows, a, values, lengths, keep)
+    want = pool_rows(rows, b, values, lengths, keep if keep is not None else torch.ones_like(lengths, dtype=torch.bool),
+                     False)
+    assert torch.equal(got, want)
+    assert got.abs().sum() > 0 and (want == 0).all(dim=1).any()  # hits and empty/missed/unkept bags
+    upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(seed))
+    got.backward(upstream)
+    want.backward(upstream)
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_compiled_own_rows_pass_gradcheck():
+    from mdctr.adapters.rows import pool_own_rows
+
+    rows, vecs, values, lengths, keep = random_lookup(3, n_rows=20, n_bags=30, dim=3, dtype=torch.float64)
+    vecs.requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: pool_own_rows(rows, v, values, lengths, keep), (vecs,))
+
+
+def test_compiled_own_rows_reject_lengths_that_do_not_cover_the_values():
+    from mdctr.adapters.rows import pool_own_rows
+
+    rows, vecs, values, lengths, _ = random_lookup(4)
+    with pytest.raises(RuntimeError, match="lengths must sum"):
+        pool_own_rows(rows, vecs, values[:-1], lengths, None)

@@ -8,13 +8,13 @@
 // on the blocks its range meets, as torch.bmm does for equal blocks. Results per row do
 // not depend on the cut (each output row is one GEMM row); the weight-gradient blocks of a
 // domain split between two threads are summed afterwards.
-#include <torch/extension.h>
-
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <optional>
 #include <vector>
+
+#include "kernels.h"
 
 namespace {
 
@@ -137,9 +137,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_linear_backward(
     }
   }
   return {gx, gt, sums};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("grouped_linear", &grouped_linear, "row blocks times their own weights (MLoRA's routed layer)");
-  m.def("grouped_linear_backward", &grouped_linear_backward, "backward of grouped_linear by block");
 }
