@@ -101,7 +101,7 @@ def pool_rows(rows: torch.Tensor, vecs: torch.Tensor, values: torch.Tensor, leng
     pos = torch.clamp(torch.searchsorted(rows, values), max=rows.shape[0] - 1)
     w = ((rows[pos] == values) & keep[bag]).to(vecs.dtype)
     # index_select, not vecs[pos]: the same rows, but its backward is an index_add rather than
-    # an accumulating index_put: the own-rows lookup 1.8 -> 1.15 ms a fine-tuning step (fwd+bwd)
+    # an accumulating index_put (forward and backward ~1.6x faster on CPU)
     out = out.index_add(0, bag, vecs.index_select(0, pos) * w.unsqueeze(1))
     if mean:
         out = out / torch.clamp(lengths, min=1).unsqueeze(1).to(out.dtype)
