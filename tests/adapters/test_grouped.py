@@ -89,3 +89,28 @@ def test_routed_layer_gradients_pass_gradcheck_through_the_kernel():
             torch.randn(2, 4, dtype=torch.float64, generator=g, requires_grad=True)]
     groups = [(0, 50, 0, 0), (50, 130, 0, 1), (130, 140, None, None)]
     assert torch.autograd.gradcheck(lambda *t: _RoutedLinear.apply(t[0], t[1], t[2], groups, *t[3:]), (x, w, b, *bank))
+
+
+def test_without_the_kernels_the_layer_runs_the_same_blocks_as_torch_calls(monkeypatch):
+    # CUDA tensors, or an install built without torch, take this path
+    torch.manual_seed(0)
+    names = [f"d{i}" for i in range(3)]
+    ctx = RoutingContext(names)
+    layer = MLoRALinear.from_linear(nn.Linear(12, 20), ctx, names)
+    with torch.no_grad():
+        for d in names:
+            layer.lora_B[d].normal_()
+    x = torch.randn(300, 12, requires_grad=True)
+    ctx.set(torch.randint(0, 3, (300,)).sort().values)
+
+    def run():
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        out = layer(x)
+        out.pow(2).sum().backward()
+        return out.detach(), x.grad.clone(), layer.lora_A_0.grad.clone(), layer.weight.grad.clone()
+
+    compiled = run()
+    monkeypatch.setattr(grouped, "kernels", None)
+    for got, want in zip(run(), compiled):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
