@@ -33,6 +33,7 @@ from mdctr.adapters.model import (  # noqa: E402
     adapter_layers, attach_adapters, backbone_parameter_count, freeze_backbone, is_adapter_param, parameter_share,
 )
 from mdctr.domains.batching import DatasetReader  # noqa: E402
+from mdctr.domains.selection import Selection  # noqa: E402
 from mdctr.domains.spec import load_spec  # noqa: E402
 from mdctr.domains.synthetic import SynthDomain, generate_synthetic  # noqa: E402
 from mdctr.platform.config import ModelConfig, TrainConfig, TrainLoopConfig  # noqa: E402
@@ -138,7 +139,7 @@ def main() -> int:
                     backbone = backbone_parameter_count(CTRModel(mlora.layout, ModelConfig(embedding_dim=DIM, hidden=HIDDEN)))
                     res["adapter_params"], res["adapter_param_share"] = parameter_share(model, "d0", backbone)
                     res["backbone_params"] = backbone
-                    one = next(b for b in shared.reader.batches("test", batch_size=BATCH, domains=["d0"], shuffle=False))
+                    one = next(b for b in shared.reader.batches("test", Selection(domains=("d0",)), batch_size=BATCH, shuffle=False))
                     for layer in adapter_layers(model).values():
                         layer.merge("d0")
                     for _ in range(args.rounds):

@@ -34,7 +34,8 @@ import torch
 from mdctr.domains.batching import DatasetReader
 from mdctr.domains.movielens import prepare_movielens
 from mdctr.domains.spec import SourceSpec, load_spec
-from mdctr.domains.writer import DatasetWriter, atomic_dir
+from mdctr.core.io import atomic_dir
+from mdctr.domains.writer import DatasetWriter
 
 BATCH = 4096
 

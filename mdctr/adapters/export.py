@@ -24,17 +24,15 @@ from typing import List
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.files import check_backbone, read_adapter
 from mdctr.adapters.model import domain_rows_of
 from mdctr.adapters.rows import pool_rows
-from mdctr.adapters.run import load_config
-from mdctr.domains.errors import DataContractError
-from mdctr.domains.writer import atomic_dir, check_output
+from mdctr.adapters.run import AdapterRunDir
+from mdctr.core.errors import ArtifactError, ConfigError
+from mdctr.core.io import atomic_dir, check_output
 from mdctr.platform import checkpoint as ckpt
-from mdctr.platform import run as platform_run
-from mdctr.platform.model import FeatureLayout
+from mdctr.platform.model import FeatureLayout, table_entry
 from mdctr.platform.towers import MLP, build_tower
 
 def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -159,11 +157,12 @@ def _adapter_weights(state: dict, extra: list[tuple[dict, dict]], domains: list[
 
 
 def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[Path] = ()) -> tuple[InferenceModel, dict]:
-    cfg, spec, layout = platform_run.load_run(run_dir, load_config)
-    state_file = ckpt.read_state(run_dir / "checkpoints")
-    if state_file is None or state_file.best_epoch < 0:
-        raise DataContractError("run has no finished checkpoint", file=run_dir)
-    state = _load_state_dict_from_keys(checkpoint_id=str(ckpt.epoch_dir(run_dir / "checkpoints", state_file.best_epoch)))["model"]
+    run = AdapterRunDir(run_dir)
+    cfg, spec, layout = run.config, run.spec, run.layout()
+    if "history" in run.model_info:
+        raise ArtifactError("exporting a model with TPM snapshot-history inputs is not supported yet "
+                            "(export a version of a pipeline with actr.use_tpm: false)", file=run_dir)
+    state = ckpt.read_entries(run.best_checkpoint())
     extra = []
     for a in adapters:
         tensors, meta = read_adapter(a)
@@ -171,7 +170,7 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
         extra.append((tensors, meta))
     domains = list(layout.domain_names) + [m["domain"] for _, m in extra if m["domain"] not in layout.domain_names]
     lora = _adapter_weights(state, extra, domains)
-    tables = [state[f"ebc.embedding_bags.t_{k}.weight"].float().clone() for k in layout.keys]
+    tables = [state[table_entry(k)].float().clone() for k in layout.keys]
     modes = ["mean" if layout.pooling[k].name == "MEAN" else "sum" for k in layout.keys]
     learned = []  # (key index, domain index, rows, vectors) of the adapters' own embedding rows
     for tensors, m in extra:
@@ -188,19 +187,19 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
     routed = None
     if domain is not None:
         if lora and not all(domain in by_domain for by_domain in lora.values()):
-            raise DataContractError(f"no adapter for domain '{domain}' (pass its directory with --adapter)", file=run_dir)
+            raise ArtifactError(f"no adapter for domain '{domain}' (pass its directory with --adapter)", file=run_dir)
         with torch.no_grad():
             for i, layer in enumerate(tower.mlp.layers):
                 a, b, bias = lora.get(f"tower.mlp.layers.{i}", {}).get(domain, (None, None, None))
                 if a is not None:
                     new_w, new_b = layer.weight + (a @ b).T, layer.bias + bias
                     if not (torch.isfinite(new_w).all() and torch.isfinite(new_b).all()):
-                        raise ValueError(f"merging domain '{domain}' gives non-finite weights")
+                        raise ArtifactError(f"merging domain '{domain}' gives non-finite weights")
                     layer.weight.copy_(new_w)
                     layer.bias.copy_(new_b)
     elif lora:
         if cfg.model.tower != "mlp":
-            raise ValueError("all-domain export supports the mlp tower; export one --domain for other towers")
+            raise ConfigError("all-domain export supports the mlp tower; export one --domain for other towers")
         layers = []
         for i, layer in enumerate(tower.mlp.layers):
             by_domain = lora[f"tower.mlp.layers.{i}"]
@@ -220,7 +219,7 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
     meta = {"format": "mdctr-inference/1", "keys": layout.keys, "table_rows": [layout.rows[k] for k in layout.keys],
             "dense": [f.name for f in spec.dense_fields], "domains": domains, "domain": domain,
             "tower": cfg.model.tower, "inputs": "values, lengths (key-major jagged), dense, domain",
-            "run": json.loads((run_dir / "run.json").read_text())["run_id"],
+            "run": run.run_id,
             "adapters": [str(a) for a in adapters]}
     return model, meta
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.platform.run import run_identity
-from mdctr.domains.writer import atomic_dir
+from mdctr.core.io import atomic_dir
 
 FORMAT = "mdctr-adapter/1"
 WEIGHTS, META = "adapter.safetensors", "adapter.json"

@@ -85,6 +85,9 @@ class RoutingContext:
         self.routing = Routing(single=None, order=order, inverse=inverse, counts=counts)
 
 
+#: the default "temperature" of MLoRA: an adapter's rank is ``max(d_out // alpha, 1)``
+DEFAULT_ALPHA = 8
+
 _PARTS = ("A", "B", "bias")
 
 
@@ -248,7 +251,7 @@ class MLoRALinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, context: RoutingContext, domains: list[str], *,
-                    rank: int | None = None, alpha: int = 8) -> "MLoRALinear":
+                    rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> "MLoRALinear":
         """Wrap ``linear``, sharing its weight and bias tensors; ``domains`` get one bank."""
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
@@ -283,7 +286,7 @@ class MLoRALinear(nn.Linear):
         """Bank ``k``'s parameter names, relative to this layer."""
         return self._bank_names[3 * k: 3 * k + 3]
 
-    def add_adapters(self, domains: list[str], *, rank: int | None = None, alpha: int = 8) -> None:
+    def add_adapters(self, domains: list[str], *, rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> None:
         """Fresh (no-op) adapters for ``domains``, in a new bank: A glorot, B and b zero."""
         domains = list(domains)
         for i, d in enumerate(domains):
@@ -306,7 +309,7 @@ class MLoRALinear(nn.Linear):
             self.slots[d] = (k, j)
             self.ranks[d] = r
 
-    def add_adapter(self, domain: str, *, rank: int | None = None, alpha: int = 8) -> None:
+    def add_adapter(self, domain: str, *, rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> None:
         """A fresh (no-op) adapter for ``domain``, in a bank of its own."""
         self.add_adapters([domain], rank=rank, alpha=alpha)
 

@@ -14,9 +14,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mdctr.adapters.layer import MLoRALinear, RoutingContext
+from mdctr.adapters.layer import DEFAULT_ALPHA, MLoRALinear, RoutingContext
 from mdctr.adapters.rows import ROWS, DomainRows, row_modules, rows_delta
-from mdctr.domains.config_io import StrictModel
+from mdctr.core.config import StrictModel
 from mdctr.platform.towers import MLP
 
 ADAPTER_MARK = "lora_"
@@ -27,7 +27,7 @@ class AdapterConfig(StrictModel):
 
     mode: Literal["joint", "two_phase"] = "two_phase"
     #: rank r = max(d_out // alpha, 1) of each layer's adapter ("temperature" in MLoRA)
-    alpha: int = Field(default=8, ge=1)
+    alpha: int = Field(default=DEFAULT_ALPHA, ge=1)
     #: explicit rank for every layer (overrides alpha)
     rank: int | None = Field(default=None, ge=1)
     #: epochs of the shared pretraining in two_phase mode (default: train.epochs)
@@ -69,7 +69,7 @@ def _rows_hook(model: nn.Module, context: RoutingContext):
 
 
 def attach_adapters(model: nn.Module, domain_names: list[str], *, domains: list[str] | None = None,
-                    alpha: int = 8, rank: int | None = None) -> RoutingContext:
+                    alpha: int = DEFAULT_ALPHA, rank: int | None = None) -> RoutingContext:
     """Give every hidden tower layer of ``model`` an adapter for each of ``domains``.
 
     ``domain_names`` are the model's domains in index order (``batch.domain`` indexes them);
@@ -139,7 +139,7 @@ def domain_parameter_names(model: nn.Module, domain: str) -> set[str]:
     return names
 
 
-def add_domain(model: nn.Module, domain: str, *, alpha: int = 8, rank: int | None = None,
+def add_domain(model: nn.Module, domain: str, *, alpha: int = DEFAULT_ALPHA, rank: int | None = None,
                ranks: dict[str, int] | None = None) -> None:
     """A fresh (no-op) adapter for ``domain`` in every adapted layer (``ranks``: per layer),
     each in a bank of its own, so it can be trained while the others stay frozen."""

@@ -1,10 +1,10 @@
 """New-domain onboarding and adapter-aware models of existing runs.
 
 ``mdctr adapters finetune --base RUN --domain NAME --data DIR --out OUT`` trains one
-domain's adapter on the frozen backbone of RUN (any run: plain or MLoRA) and writes
-``OUT/adapter.safetensors`` + ``OUT/adapter.json``. The backbone (tables and dense weights)
-and every other domain's adapter are left bit-identical, so predictions for other domains
-do not change.
+domain's adapter on the frozen backbone of RUN (any run or stage version: plain, MLoRA,
+distilled, E-CDCTR) and writes ``OUT/adapter.safetensors`` + ``OUT/adapter.json``. The
+backbone (tables and dense weights) and every other domain's adapter are left bit-identical,
+so predictions for other domains do not change.
 """
 
 from __future__ import annotations
@@ -14,174 +14,183 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from mdctr.adapters.files import backbone_identity, check_backbone, read_adapter, save_adapter
-from mdctr.adapters.rows import find_cold_rows, seen_rows
+from mdctr.adapters.layer import DEFAULT_ALPHA
 from mdctr.adapters.model import (
-    adapter_layers, adapter_parameter_count, adapter_tensors, add_domain_rows, add_domain, attach_adapters,
+    adapter_layers, adapter_parameter_count, adapter_tensors, add_domain, add_domain_rows, attach_adapters,
     backbone_parameter_count, clean_name, domain_parameter_names, domain_rows_of, freeze_backbone, is_adapter_param,
     is_domain_entry, layer_shapes, load_adapter_tensors,
 )
-from mdctr.adapters.run import MLoRATrainConfig, backbone_snapshot, load_config, same_tensors
+from mdctr.adapters.rows import find_cold_rows, seen_rows
+from mdctr.adapters.run import AdapterRunDir, MLoRATrainConfig
+from mdctr.core.config import with_overrides
+from mdctr.core.errors import ArtifactError, ConfigError, DataContractError
+from mdctr.core.io import check_output, temp_sibling
 from mdctr.domains.datasets import resolve_data
-from mdctr.domains.errors import DataContractError
-from mdctr.domains.writer import check_output
-from mdctr.domains.spec import load_spec
+from mdctr.domains.selection import Selection
 from mdctr.domains.validate import validate_dataset
-from mdctr.platform import checkpoint as ckpt
 from mdctr.platform import run as platform_run
-from mdctr.platform.distributed import launch, select_device
-from mdctr.platform.model import CTRModel
-from mdctr.platform.trainer import Trainer
+from mdctr.platform.config import TrainConfig
+from mdctr.platform.job import Init, Job, JobContext, ModelBuilder, Predict
+from mdctr.platform.launcher import Launcher, resolve_launcher
+from mdctr.platform.metrics import compute_metrics
+from mdctr.platform.model import FeatureLayout
+from mdctr.platform.outputs import PredictionsOutput, gathered, read_predictions
 
 log = logging.getLogger("mdctr.train")
 
-
-def run_model(run_dir: Path, extra: list[Path] = (), *, new_domain: str | None = None,
-              alpha: int | None = None, rank: int | None = None, seed: int | None = None):
-    """The unsharded model of a run with its own adapters, the adapters in ``extra``
-    (checked against the run's backbone) and a fresh adapter for ``new_domain``.
-
-    Returns ``(cfg, layout, model, domain_names)``; load the run's best checkpoint into the
-    sharded model with ``partial=True`` afterwards, then :func:`apply_extra`. The new
-    adapter's initialisation is drawn from ``seed`` (default: the run's), so a fine-tune is
-    reproducible.
-    """
-    cfg, _, layout = platform_run.load_run(run_dir, load_config)
-    names = list(layout.domain_names)
-    model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
-    own = (cfg.train.domains or names) if isinstance(cfg, MLoRATrainConfig) else []
-    a = alpha or (cfg.adapters.alpha if isinstance(cfg, MLoRATrainConfig) else 8)
-    r = rank or (cfg.adapters.rank if isinstance(cfg, MLoRATrainConfig) else None)
-    attach_adapters(model, names, domains=own, alpha=a, rank=r)
-    for adapter_dir in extra:
-        tensors, meta = read_adapter(adapter_dir)
-        check_backbone(meta, run_dir, adapter_dir)
-        if meta["domain"] not in own:
-            add_domain(model, meta["domain"], ranks=meta["rank"])
-        add_domain_rows(model, meta["domain"], domain_rows_of(tensors))
-    if new_domain is not None:
-        if new_domain in own:
-            raise ValueError(f"domain '{new_domain}' already has an adapter in {run_dir}")
-        torch.manual_seed(cfg.train.seed if seed is None else seed)
-        add_domain(model, new_domain, alpha=a, rank=r)
-    return cfg, layout, model, model.adapter_context.domain_names
-
-
-def apply_extra(model: nn.Module, run_dir: Path, extra: list[Path]) -> None:
-    for adapter_dir in extra:
-        tensors, meta = read_adapter(adapter_dir)
-        check_backbone(meta, run_dir, adapter_dir)
-        load_adapter_tensors(model, meta["domain"], tensors)
-
-
-def backbone_tables(run_dir: Path, fields: list[str]) -> dict[str, torch.Tensor]:
-    """The full embedding tables of ``fields`` in a run's best checkpoint (nothing else is read)."""
-    state = ckpt.read_state(run_dir / "checkpoints")
-    keys = {f: f"ebc.embedding_bags.t_{f}.weight" for f in fields}
-    model = _load_state_dict_from_keys(keys={f"model.{k}" for k in keys.values()},
-                                       checkpoint_id=str(ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch)))["model"]
-    return {f: model[k] for f, k in keys.items()}
-
-
-def domain_map_for(data_names: list[str], model_names: list[str]) -> torch.Tensor:
-    """Model domain index for each data domain (0 for domains the model lacks; such rows
-    must be filtered out by the caller)."""
-    return torch.tensor([model_names.index(d) if d in model_names else 0 for d in data_names])
-
-
-def _finetune_worker(rank: int, world: int, base: Path, domain: str, data_dir: Path, out: Path, scratch: Path,
-                     overrides: dict) -> None:
-    platform_run.setup_logging(None, rank)
-    device, _ = select_device(rank)
-    cfg, layout, model, names = run_model(base, new_domain=domain, alpha=overrides.get("alpha"),
-                                          rank=overrides.get("rank"), seed=overrides.get("seed"))
-    table_seed = cfg.train.seed  # the backbone's tables were initialised from it
-    raw = cfg.model_dump()
-    raw["train"].update({k: v for k, v in overrides.items() if k in ("epochs", "seed") and v is not None})
-    lr = overrides["lr"] if overrides.get("lr") is not None else raw["optim"]["dense"]["lr"] * FINETUNE_LR_SCALE
-    raw["optim"]["dense"]["lr"] = lr
-    cfg = type(cfg).model_validate(raw)
-    backbone = backbone_parameter_count(model)
-    data_spec = load_spec(data_dir)
-    reader = layout.reader(data_dir)
-    learned = {}
-    rows = overrides["rows"]
-    if rows != "none":  # the domain's own rows: those the backbone never trained, or all it uses
-        seen = seen_rows(reader, domain, [k for k in layout.keys if k in reader.keys],
-                         split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed)
-        learned = find_cold_rows(backbone_tables(base, list(seen)), layout, table_seed, seen) if rows == "cold" else \
-            {k: torch.from_numpy(v.astype("int64")) for k, v in seen.items() if v.size}
-        add_domain_rows(model, domain, learned)
-    freeze_backbone(model)
-    own = domain_parameter_names(model, domain)  # the new domain's banks (add_domain gives it its own) and rows
-    for n, p in model.named_parameters():
-        if is_adapter_param(n) and n not in own:
-            p.requires_grad_(False)
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg, reader, layout, scratch, rank=rank, world_size=world, device=device, model=model,
-                      domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
-                      trainable=lambda n: clean_name(n) in own,
-                      keep_only=lambda key: is_domain_entry(key, domain))
-    state = ckpt.read_state(base / "checkpoints")
-    ckpt.load(trainer.model, None, ckpt.epoch_dir(base / "checkpoints", state.best_epoch), partial=True)
-    before = backbone_snapshot(trainer.model)
-    others = {d: adapter_tensors(trainer.model, d) for d in names if d != domain and _has(trainer.model, d)}
-    fit = trainer.fit(validate_start=True)
-    if not same_tensors(before, backbone_snapshot(trainer.model)) or any(
-            not same_tensors(t, adapter_tensors(trainer.model, d)) for d, t in others.items()):
-        raise RuntimeError("fine-tuning changed the backbone or another domain's adapter")
-    metrics = trainer.evaluate("test")
-    tensors = adapter_tensors(trainer.model, domain)
-    layers = adapter_layers(trainer.model)
-    n_params = adapter_parameter_count(tensors)
-    meta = {
-        "domain": domain,
-        "rank": {n: m.ranks[domain] for n, m in layers.items()},
-        "alpha": overrides.get("alpha") or (cfg.adapters.alpha if isinstance(cfg, MLoRATrainConfig) else 8),
-        "layer_shapes": layer_shapes(trainer.model),
-        **backbone_identity(base),
-        "parameters": n_params,
-        "lr": lr,
-        "seed": cfg.train.seed,
-        "rows": rows,
-        "row_counts": {f: int(r.numel()) for f, r in learned.items()},
-        "parameter_share": round(n_params / backbone, 6),
-        "train_seconds": round(time.perf_counter() - t0, 2),
-        "epochs": len(fit.history) - 1,
-        "best_epoch": fit.best_epoch,
-        "data_dir": str(data_dir),
-        "metrics": metrics,
-    }
-    if rank == 0:
-        save_adapter(out, tensors, meta, overwrite=overrides.get("overwrite", False))
-        log.info("adapter for '%s': %s parameters (%.2f%% of the backbone's %s), test AUC %s, %.1f s",
-                 domain, f"{n_params:,}", 100 * n_params / backbone, f"{backbone:,}",
-                 metrics["domains"].get(domain, {}).get("auc"), meta["train_seconds"])
-
-
-def _has(model: nn.Module, domain: str) -> bool:
-    return all(domain in m.lora_A for m in adapter_layers(model).values())
-
-
 ROW_MODES = ("all", "cold", "none")
-#: fine-tuning's default learning rate is the backbone's dense lr times this. The adapter
-#: starts at zero on a frozen backbone: at 1x it was still improving after as many epochs
-#: as the pretraining ran, at 5x its validation AUC peaks after ~3 epochs (early stopping
-#: keeps that epoch), as LoRA fine-tuning usually runs at a higher lr than full training.
-#: 10x was faster still but unstable on MovieLens' female domain (test AUC 0.752-0.759
-#: over reruns, against 0.762 at 5x). ``--lr`` overrides it. benchmarks/adapter_onboarding.py
+#: fine-tuning's default learning rate is the backbone's dense lr times this (``--lr``
+#: overrides it); benchmarks/adapter_onboarding.py has the measurements behind it
 FINETUNE_LR_SCALE = 5.0
+
+
+@dataclass(frozen=True)
+class AdaptedModel:
+    """Model builder: a run's model with its own adapters, the banks and own rows of external
+    adapters (their weights are loaded by :class:`LoadAdapters` after the run's checkpoint)
+    and, for fine-tuning, a fresh adapter for ``new_domain`` (drawn from ``seed``) with its
+    own rows ``new_rows`` (field -> table rows), the only thing left trainable."""
+
+    base: ModelBuilder
+    own: tuple[str, ...]
+    alpha: int
+    lora_rank: int | None = None
+    extra: tuple[Path, ...] = ()
+    new_domain: str | None = None
+    seed: int = 0
+    new_rows: dict = field(default_factory=dict)
+
+    def __call__(self, cfg: TrainConfig, layout: FeatureLayout) -> nn.Module:
+        model = self.base(cfg, layout)
+        attach_adapters(model, list(layout.domain_names), domains=list(self.own), alpha=self.alpha,
+                        rank=self.lora_rank)
+        for adapter_dir in self.extra:
+            tensors, meta = read_adapter(adapter_dir)
+            if meta["domain"] not in self.own:
+                add_domain(model, meta["domain"], ranks=meta["rank"])
+            add_domain_rows(model, meta["domain"], domain_rows_of(tensors))
+        if self.new_domain is None:
+            return model
+        torch.manual_seed(self.seed)
+        add_domain(model, self.new_domain, alpha=self.alpha, rank=self.lora_rank)
+        if self.new_rows:
+            add_domain_rows(model, self.new_domain, self.new_rows)
+        freeze_backbone(model)
+        own = domain_parameter_names(model, self.new_domain)  # its own banks and rows
+        for name, p in model.named_parameters():
+            if is_adapter_param(name) and clean_name(name) not in own:
+                p.requires_grad_(False)
+        return model
+
+
+@dataclass(frozen=True)
+class LoadAdapters:
+    """Job edit: the weights of external adapters (checked against the backbone by the
+    driver) into the sharded model."""
+
+    extra: tuple[Path, ...]
+
+    def __call__(self, model: nn.Module) -> None:
+        for adapter_dir in self.extra:
+            tensors, meta = read_adapter(adapter_dir)
+            load_adapter_tensors(model, meta["domain"], tensors)
+
+
+def _not_domain_entry(key: str, domain: str) -> bool:
+    return not is_domain_entry(key, domain)
+
+
+def adapted_model(run: AdapterRunDir, extra: list[Path] = (), *, new_domain: str | None = None,
+                  alpha: int | None = None, lora_rank: int | None = None, seed: int | None = None,
+                  new_rows: dict | None = None) -> AdaptedModel:
+    """The builder of ``run``'s model with its adapters, ``extra`` adapter directories
+    (checked to belong to this backbone) and a fresh adapter for ``new_domain``."""
+    cfg = run.config
+    mlora = isinstance(cfg, MLoRATrainConfig)
+    own = tuple(cfg.train.domains or run.spec.domain_names) if mlora else ()
+    if new_domain is not None and new_domain in own:
+        raise ConfigError(f"domain '{new_domain}' already has an adapter in {run.path}")
+    for adapter_dir in extra:
+        _, meta = read_adapter(adapter_dir)
+        check_backbone(meta, run.path, adapter_dir)
+    return AdaptedModel(run.base_model_builder(), own, alpha or (cfg.adapters.alpha if mlora else DEFAULT_ALPHA),
+                        lora_rank or (cfg.adapters.rank if mlora else None), tuple(Path(a) for a in extra),
+                        new_domain, cfg.train.seed if seed is None else seed, dict(new_rows or {}))
+
+
+def model_domains(run: AdapterRunDir, extra: list[Path] = (), new_domain: str | None = None) -> tuple[str, ...]:
+    """The adapted model's domains in index order: the run's, then new ones of adapters."""
+    names = list(run.spec.domain_names)
+    for adapter_dir in extra:
+        d = read_adapter(adapter_dir)[1]["domain"]
+        if d not in names:
+            names.append(d)
+    if new_domain is not None and new_domain not in names:
+        names.append(new_domain)
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class AdapterOutput:
+    """Fine-tuning's output: rank 0 writes ``domain``'s adapter and its metadata."""
+
+    out: Path
+    domain: str
+    meta: dict
+    overwrite: bool = False
+
+    def __call__(self, ctx: JobContext) -> None:
+        model = ctx.trainer.model
+        state = ctx.results[-1].state
+        p = gathered(ctx, "test")
+        metrics = compute_metrics(p.logits, p.labels, p.domain, ctx.spec.domain_names, split="test")
+        tensors = adapter_tensors(model, self.domain)
+        n_params = adapter_parameter_count(tensors)
+        backbone = backbone_parameter_count(model)
+        meta = {
+            "domain": self.domain,
+            "rank": {n: m.ranks[self.domain] for n, m in adapter_layers(model).items()},
+            **self.meta,
+            "layer_shapes": layer_shapes(model),
+            "parameters": n_params,
+            "parameter_share": round(n_params / backbone, 6),
+            "train_seconds": round(time.perf_counter() - ctx.started, 2),
+            "epochs": len(state.history) - 1,
+            "best_epoch": state.best_epoch,
+            "metrics": metrics,
+        }
+        if ctx.rank == 0:
+            save_adapter(self.out, tensors, meta, overwrite=self.overwrite)
+            log.info("adapter for '%s': %s parameters (%.2f%% of the backbone's %s), test AUC %s, %.1f s",
+                     self.domain, f"{n_params:,}", 100 * n_params / backbone, f"{backbone:,}",
+                     metrics["domains"].get(self.domain, {}).get("auc"), meta["train_seconds"])
+
+
+def _own_rows(run: AdapterRunDir, domain: str, data_dir: Path, selection: Selection, rows: str) -> dict:
+    """The table rows the new domain's adapter learns (``all``: every row its training data
+    uses; ``cold``: those whose backbone weights are still the seeded initialisation)."""
+    if rows == "none":
+        return {}
+    layout = run.layout()
+    reader = layout.reader(data_dir)
+    seen = seen_rows(reader, domain, [k for k in layout.keys if k in reader.keys], selection)
+    if rows == "cold":
+        return find_cold_rows(run.tables(list(seen)), layout, run.config.train.seed, seen)
+    return {k: torch.from_numpy(v.astype("int64")) for k, v in seen.items() if v.size}
 
 
 def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *, epochs: int | None = None,
              lr: float | None = None, alpha: int | None = None, rank: int | None = None, seed: int | None = None,
-             rows: str = "all", overwrite: bool = False) -> dict:
+             rows: str = "all", overwrite: bool = False, window: tuple[int | None, int | None] | None = None,
+             launcher: Launcher | None = None) -> dict:
     """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``.
 
     ``rows``: which embedding rows the adapter also learns, for this domain's examples only
@@ -189,55 +198,56 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     training data uses (closest to training the domain in from the start), ``cold`` only
     the rows of the domain's ids the backbone never trained (a smaller adapter), ``none``
     none (the tower adapter alone). ``lr`` defaults to the backbone's dense lr times
-    :data:`FINETUNE_LR_SCALE`.
+    :data:`FINETUNE_LR_SCALE`. ``rank`` is the adapter's LoRA rank. ``window``: only rows with
+    ``lo <= ts < hi`` (a scheduled fine-tune reads nothing on or after its date).
     """
     if rows not in ROW_MODES:
-        raise ValueError(f"rows must be one of {ROW_MODES}, got {rows!r}")
-    base, out = Path(base), Path(out)
-    _, train_spec, _ = platform_run.load_run(base, load_config)
+        raise ConfigError(f"--rows must be one of {', '.join(ROW_MODES)}, got {rows!r}")
+    out = Path(out)
+    run = AdapterRunDir(base)
+    run.best_checkpoint()
     data_dir = resolve_data(data)
     data_spec, _ = validate_dataset(data_dir)
     if domain not in data_spec.domain_names:
         raise DataContractError(f"domain '{domain}' is not in the data (has {data_spec.domain_names})",
                                 file=data_dir / "dataset.yaml")
-    platform_run.check_compatible(train_spec, data_spec, data_dir)
-    if ckpt.read_state(base / "checkpoints") is None:
-        raise DataContractError("run has no finished checkpoint", file=base)
+    platform_run.check_compatible(run.spec, data_spec, data_dir)
     check_output(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ckpt-", dir=out.parent))
+    overrides = {"train.epochs": epochs, "train.seed": seed,
+                 "optim.dense.lr": lr if lr is not None else run.config.optim.dense.lr * FINETUNE_LR_SCALE}
+    cfg = with_overrides(run.config, {k: v for k, v in overrides.items() if v is not None},
+                         source="--epochs/--seed/--lr")
+    selection = Selection(cfg.train.split_kind, cfg.train.split_seed, (domain,), window)
+    learned = _own_rows(run, domain, data_dir, selection, rows)
+    builder = adapted_model(run, new_domain=domain, alpha=alpha, lora_rank=rank, seed=seed, new_rows=learned)
+    meta = {"alpha": builder.alpha, **backbone_identity(base), "lr": cfg.optim.dense.lr, "seed": cfg.train.seed,
+            "rows": rows, "row_counts": {f: int(r.numel()) for f, r in learned.items()}, "data_dir": str(data_dir)}
+    scratch = temp_sibling(out, "ckpt")
     try:
-        launch(_finetune_worker, 1, base, domain, data_dir, out, scratch,
-               {"epochs": epochs, "lr": lr, "alpha": alpha, "rank": rank, "seed": seed, "overwrite": overwrite,
-                "rows": rows})
+        job = Job(cfg, data_dir, scratch, model=builder, selection=selection, spec_dir=run.path,
+                  init=Init(run.best_checkpoint(), partial=True), transform=run.transform(),
+                  frozen=partial(_not_domain_entry, domain=domain), keep_only=partial(is_domain_entry, domain=domain),
+                  validate_start=True, model_domains=model_domains(run, new_domain=domain),
+                  predict=(Predict("test"),), output=AdapterOutput(out, domain, meta, overwrite), world_size=1)
+        resolve_launcher(launcher).launch(job)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return json.loads((out / "adapter.json").read_text())
 
 
-def _predict_worker(rank: int, world: int, run_dir: Path, extra: list[Path], data_dir: Path, split: str | None,
-                    domains: list[str] | None, out_file: Path) -> None:
-    platform_run.setup_logging(None, rank)
-    device, _ = select_device(rank)
-    cfg, layout, model, names = run_model(run_dir, extra)
-    data_spec = load_spec(data_dir)
-    reader = layout.reader(data_dir)
-    trainer = Trainer(cfg, reader, layout, run_dir / "checkpoints", rank=rank, world_size=world, device=device,
-                      model=model, domains=domains, domain_map=domain_map_for(data_spec.domain_names, names),
-                      progress=False)
-    state = ckpt.read_state(run_dir / "checkpoints")
-    ckpt.load(trainer.model, None, ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch), partial=True)
-    apply_extra(trainer.model, run_dir, extra)
-    logits, labels, domain, _ = trainer.predict(split)
-    if rank == 0:
-        torch.save({"logits": logits, "labels": labels, "domain": domain}, out_file)
-
-
 def predict(run_dir: str | Path, data: str | Path, *, adapters: list[str | Path] = (), split: str | None = "test",
-            domains: list[str] | None = None) -> dict[str, torch.Tensor]:
+            domains: list[str] | None = None, launcher: Launcher | None = None) -> dict[str, torch.Tensor]:
     """Logits of a run (plus external adapters) on ``data``: ``{"logits", "labels", "domain"}``."""
-    run_dir, data_dir = Path(run_dir), resolve_data(data)
+    run, data_dir = AdapterRunDir(run_dir), resolve_data(data)
+    extra = [Path(a) for a in adapters]
     with tempfile.TemporaryDirectory() as tmp:
-        out_file = Path(tmp) / "pred.pt"
-        launch(_predict_worker, 1, run_dir, [Path(a) for a in adapters], data_dir, split, domains, out_file)
-        return torch.load(out_file, weights_only=True)
+        out_file = Path(tmp) / "pred.parquet"
+        job = platform_run.prediction_job(run, data_dir, split, PredictionsOutput(out_file, "eval"))
+        if domains is not None:
+            job.selection = job.selection.with_domains(domains)
+        job.model = adapted_model(run, extra)
+        job.edits = (LoadAdapters(tuple(extra)),)
+        job.model_domains = model_domains(run, extra)
+        resolve_launcher(launcher).launch(job)
+        p = read_predictions(out_file)
+    return {"logits": p.logits, "labels": p.labels, "domain": p.domain}

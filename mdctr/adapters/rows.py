@@ -31,6 +31,7 @@ from torchrec import KeyedJaggedTensor
 
 from mdctr.adapters.native import kernels
 from mdctr.domains.batching import DatasetReader
+from mdctr.domains.selection import Selection
 from mdctr.platform.model import DOMAIN_KEY, FeatureLayout, SeededUniformInit
 
 ROWS = "lora_rows"  # the model attribute (a ModuleDict by domain); "lora_" marks adapter weights
@@ -186,11 +187,10 @@ def rows_delta(modules: dict[str, DomainRows], names: list[str], keys: list[str]
     return delta.reshape(b, len(keys) * dim)
 
 
-def seen_rows(reader: DatasetReader, domain: str, keys: list[str], **split) -> dict[str, np.ndarray]:
-    """Unique table rows of each field in ``domain``'s training rows (``split``: the
-    trainer's ``split_kind`` / ``split_seed``)."""
+def seen_rows(reader: DatasetReader, domain: str, keys: list[str], selection: Selection) -> dict[str, np.ndarray]:
+    """Unique table rows of each field in ``domain``'s training rows of ``selection``."""
     seen: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for batch in reader.batches("train", batch_size=65536, shuffle=False, domains=[domain], **split):
+    for batch in reader.batches("train", selection.with_domains([domain]), batch_size=65536, shuffle=False):
         for k in keys:
             seen[k].append(np.unique(batch.sparse[k].values().numpy()))
     return {k: np.unique(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in seen.items()}

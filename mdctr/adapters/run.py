@@ -13,6 +13,7 @@ dispatches on it (:func:`load_config`).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,14 +24,16 @@ from mdctr.adapters.model import (
     AdapterConfig, attach_adapters, backbone_parameter_count, freeze_backbone, is_adapter_param,
     parameter_share,
 )
-from mdctr.domains.config_io import load_model, read_yaml
+from mdctr.core.config import load_model, read_yaml
+from mdctr.core.errors import ConfigError
 from mdctr.domains.spec import load_spec
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform import run as platform_run
 from mdctr.platform.config import Baseline, TrainConfig, load_train_config
-from mdctr.platform.distributed import select_device
+from mdctr.platform.job import Init, Job, Predict
 from mdctr.platform.model import CTRModel, FeatureLayout, feature_layout
-from mdctr.platform.trainer import Trainer
+from mdctr.platform.outputs import RunOutput
+from mdctr.platform.rundir import RunDir
 
 log = logging.getLogger("mdctr.train")
 
@@ -52,7 +55,7 @@ def load_config(path: str | Path) -> TrainConfig:
     if isinstance(raw, dict) and "adapters" in raw:
         cfg = load_model(path, MLoRATrainConfig)
         if cfg.baseline is not Baseline.shared:
-            raise ValueError(f"{path}: adapters need baseline: shared (got {cfg.baseline.value})")
+            raise ConfigError(f"adapters need baseline: shared (got {cfg.baseline.value})", file=path)
         return cfg
     return load_train_config(path)
 
@@ -65,6 +68,24 @@ def build_model(cfg: MLoRATrainConfig, layout: FeatureLayout) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class MLoRABuilder:
+    """Model builder of a job: :func:`build_model`, with the backbone frozen for ``two_phase``'s
+    adapter phase."""
+
+    freeze: bool = False
+
+    def __call__(self, cfg: MLoRATrainConfig, layout: FeatureLayout) -> nn.Module:
+        model = build_model(cfg, layout)
+        if self.freeze:
+            freeze_backbone(model)
+        return model
+
+
+def is_backbone_entry(name: str) -> bool:
+    return not is_adapter_param(name)
+
+
 def _pretrain_config(cfg: MLoRATrainConfig) -> TrainConfig:
     data = cfg.model_dump()
     data.pop("adapters")
@@ -73,67 +94,35 @@ def _pretrain_config(cfg: MLoRATrainConfig) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
-def backbone_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of every non-adapter tensor this rank holds (local shards of the tables)."""
-    out = {}
-    for name, value in model.state_dict().items():
-        if is_adapter_param(name):
-            continue
-        if hasattr(value, "local_shards"):
-            for i, shard in enumerate(value.local_shards()):
-                out[f"{name}#{i}"] = shard.tensor.detach().clone()
-        elif torch.is_tensor(value):
-            out[name] = value.detach().clone()
-    return out
-
-
-def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _mlora_worker(rank: int, world_size: int, cfg: MLoRATrainConfig, data_dir: Path, run_dir: Path,
-                  resume: bool) -> None:
-    platform_run.setup_logging(run_dir, rank)
-    device, _ = select_device(rank)
-    spec = load_spec(data_dir)
-    layout = feature_layout(spec, cfg.model, cfg.baseline)
-    reader = layout.reader(data_dir)
-    history: dict[str, list] = {}
-    info: dict = {"adapters": cfg.adapters.model_dump()}
-
-    torch.manual_seed(cfg.train.seed)
+def parameter_info(cfg: MLoRATrainConfig, layout: FeatureLayout) -> dict:
+    """The backbone's parameters and each domain's adapter share (counted on the meta device)."""
     model = build_model(cfg, layout)
     backbone = backbone_parameter_count(model)
     shares = {d: parameter_share(model, d, backbone) for d in (cfg.train.domains or layout.domain_names)}
-    info["parameters"] = {"backbone": backbone, "adapter_per_domain": {d: n for d, (n, _) in shares.items()},
-                          "adapter_share_per_domain": {d: round(s, 5) for d, (_, s) in shares.items()}}
+    first = next(iter(shares.values()))
     log.info("parameters: backbone %s; adapter per domain %s (%.2f%% of the backbone)", f"{backbone:,}",
-             f"{next(iter(shares.values()))[0]:,}", 100 * next(iter(shares.values()))[1])
+             f"{first[0]:,}", 100 * first[1])
+    return {"backbone": backbone, "adapter_per_domain": {d: n for d, (n, _) in shares.items()},
+            "adapter_share_per_domain": {d: round(s, 5) for d, (_, s) in shares.items()}}
 
+
+def mlora_jobs(cfg: MLoRATrainConfig, data_dir: Path, run_dir: Path, resume: bool) -> list[Job]:
+    """``joint``: one job. ``two_phase``: the shared backbone's job, then the adapters' job,
+    which starts from the backbone's best epoch and must leave it bit-identical."""
+    layout = feature_layout(load_spec(data_dir), cfg.model, cfg.baseline)
+    info = {"adapters": cfg.adapters.model_dump(), "parameters": parameter_info(cfg, layout)}
     ck = run_dir / "checkpoints"
+    common = dict(group_domains=True, predict=(Predict("test"),), log_dir=run_dir)
     if cfg.adapters.mode == "joint":
-        trainer = Trainer(cfg, reader, layout, ck, rank=rank, world_size=world_size, device=device, model=model,
-                          group_domains=True)
-        history["joint"] = trainer.fit(resume=resume).history
-    else:
-        pre_cfg = _pretrain_config(cfg)
-        pre = Trainer(pre_cfg, reader, layout, ck / "pretrain", rank=rank, world_size=world_size, device=device)
-        pre_state = pre.fit(resume=resume)
-        history["pretrain"] = pre_state.history
-        del pre
-        freeze_backbone(model)
-        trainer = Trainer(cfg, reader, layout, ck, rank=rank, world_size=world_size, device=device, model=model,
-                          trainable=is_adapter_param, group_domains=True)
-        ckpt.load(trainer.model, None, ckpt.epoch_dir(ck / "pretrain", pre_state.best_epoch), partial=True)
-        before = backbone_snapshot(trainer.model)
-        history["adapters"] = trainer.fit(resume=resume and ckpt.read_state(ck) is not None,
-                                          validate_start=True).history
-        unchanged = same_tensors(before, backbone_snapshot(trainer.model))
-        info["backbone_unchanged"] = unchanged
-        if not unchanged:
-            raise RuntimeError("phase 2 changed backbone weights; adapters must train alone")
-        log.info("phase 2 left every table and dense backbone weight bit-identical")
-    platform_run.finish_run(run_dir, rank, [trainer.predict("test")], layout, history, **info)
+        return [Job(cfg, data_dir, ck, model=MLoRABuilder(), resume=resume,
+                    output=RunOutput(run_dir, info, phase="joint"), **common)]
+    pretrain = Job(_pretrain_config(cfg), data_dir, ck / "pretrain", resume=resume, log_dir=run_dir)
+    adapters = Job(cfg, data_dir, ck, model=MLoRABuilder(freeze=True), init=Init(ck / "pretrain", partial=True),
+                   trainable=is_adapter_param, frozen=is_backbone_entry, validate_start=True,
+                   resume=resume and ckpt.read_state(ck) is not None,
+                   output=RunOutput(run_dir, info, history=(("pretrain", ck / "pretrain"),), phase="adapters"),
+                   **common)
+    return [pretrain, adapters]
 
 
 def train(config: str | Path | TrainConfig, out: str | Path, **kw) -> dict:
@@ -141,13 +130,27 @@ def train(config: str | Path | TrainConfig, out: str | Path, **kw) -> dict:
     cfg = platform_run.resolve_config(config, loader=load_config, **{k: kw.pop(k) for k in
                                       ("world_size", "split_seed", "seed") if k in kw})
     if isinstance(cfg, MLoRATrainConfig):
-        return platform_run.train(cfg, out, loader=load_config, worker=_mlora_worker, **kw)
+        return platform_run.train(cfg, out, loader=load_config, planner=mlora_jobs, **kw)
     return platform_run.train(cfg, out, **kw)
 
 
+class AdapterRunDir(RunDir):
+    """A run directory whose config may have an ``adapters:`` section (then its model has
+    the run's adapters)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, loader=load_config)
+
+    def model_builder(self):
+        if isinstance(self.config, MLoRATrainConfig):
+            return MLoRABuilder()
+        return super().model_builder()
+
+    def base_model_builder(self):
+        """The run's model without its adapters."""
+        return super().model_builder()
+
+
 def evaluate(run_dir: str | Path, data: str | Path | None = None, **kw) -> dict:
-    """Evaluate any run, with its adapters if it has them."""
-    cfg = load_config(Path(run_dir) / "config.yaml") if (Path(run_dir) / "config.yaml").exists() else None
-    if isinstance(cfg, MLoRATrainConfig):
-        return platform_run.evaluate(run_dir, data, loader=load_config, builder=build_model, **kw)
-    return platform_run.evaluate(run_dir, data, **kw)
+    """Evaluate any run or stage version, with its adapters if it has them."""
+    return platform_run.evaluate(AdapterRunDir(run_dir), data, **kw)

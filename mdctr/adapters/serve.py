@@ -10,39 +10,37 @@ domain's test rows, and it refuses non-finite merged weights.
 from __future__ import annotations
 
 import json
-import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
 
-from mdctr.adapters.rows import ROWS, fold_into_tables
-from mdctr.adapters.model import adapter_layers, inner_model, is_adapter_param
-from mdctr.adapters.onboard import apply_extra, domain_map_for, run_model
 from mdctr.adapters.files import read_adapter
-from mdctr.adapters.run import MLoRATrainConfig, load_config
-from mdctr.domains.errors import DataContractError
-from mdctr.domains.writer import atomic_dir
-from mdctr.domains.spec import load_spec, save_spec
+from mdctr.adapters.model import adapter_layers, inner_model, is_adapter_param
+from mdctr.adapters.onboard import LoadAdapters, adapted_model, model_domains
+from mdctr.adapters.rows import ROWS, fold_into_tables
+from mdctr.adapters.run import AdapterRunDir, MLoRATrainConfig
+from mdctr.core.errors import ArtifactError
+from mdctr.core.io import atomic_dir, write_json
+from mdctr.domains.datasets import resolve_data
 from mdctr.platform import checkpoint as ckpt
-from mdctr.platform import run as platform_run
-from mdctr.platform.config import TrainConfig, save_train_config
-from mdctr.platform.distributed import launch, select_device
-from mdctr.platform.metrics import write_json
-from mdctr.platform.trainer import Trainer
+from mdctr.platform.config import TrainConfig
+from mdctr.platform.job import JobContext
+from mdctr.platform.launcher import Launcher, resolve_launcher
+from mdctr.platform.run import prediction_job
+from mdctr.platform.rundir import create_run_dir
 
 MERGE_TOLERANCE = 1e-5
 
 
 def list_adapters(run_dir: str | Path, extra: list[str | Path] = ()) -> list[dict]:
     """One row per adapter of the run (and of ``extra`` adapter directories)."""
-    run_dir = Path(run_dir)
-    cfg, spec, layout = platform_run.load_run(run_dir, load_config)
+    run = AdapterRunDir(run_dir)
+    cfg = run.config
     rows = []
     if isinstance(cfg, MLoRATrainConfig):
-        run = json.loads((run_dir / "run.json").read_text())
-        params = run.get("parameters", {})
-        for d in cfg.train.domains or layout.domain_names:
+        params = run.info.get("parameters", {})
+        for d in cfg.train.domains or run.spec.domain_names:
             rows.append({"domain": d, "source": "run", "mode": cfg.adapters.mode, "alpha": cfg.adapters.alpha,
                          "parameters": params.get("adapter_per_domain", {}).get(d),
                          "share": params.get("adapter_share_per_domain", {}).get(d), "rows": "-"})
@@ -55,77 +53,71 @@ def list_adapters(run_dir: str | Path, extra: list[str | Path] = ()) -> list[dic
     return rows
 
 
-def _merge_worker(rank: int, world: int, run_dir: Path, domain: str, extra: list[Path], data_dir: Path,
-                  out_tmp: Path) -> None:
-    platform_run.setup_logging(None, rank)
-    device, _ = select_device(rank)
-    cfg, layout, model, names = run_model(run_dir, extra)
-    layers = adapter_layers(model)
-    if not layers or any(domain not in m.lora_A for m in layers.values()):
-        raise DataContractError(f"no adapter for domain '{domain}' (pass its directory with --adapter)", file=run_dir)
-    data_spec = load_spec(data_dir)
-    reader = layout.reader(data_dir)
-    trainer = Trainer(cfg, reader, layout, run_dir / "checkpoints", rank=rank, world_size=world, device=device,
-                      model=model, domains=[domain], domain_map=domain_map_for(data_spec.domain_names, names),
-                      progress=False)
-    state = ckpt.read_state(run_dir / "checkpoints")
-    ckpt.load(trainer.model, None, ckpt.epoch_dir(run_dir / "checkpoints", state.best_epoch), partial=True)
-    apply_extra(trainer.model, run_dir, extra)
-    before = trainer.predict("test")[0]
-    layers = adapter_layers(trainer.model)
-    merged = []
-    try:
-        for layer in layers.values():
-            layer.merge(domain)
-            merged.append(layer)
-    except ValueError:
-        for layer in merged:
-            layer.unmerge()
-        raise
-    learned = getattr(inner_model(trainer.model), ROWS, {})
-    if domain in learned:  # its own rows go into the tables: this run serves only that domain
-        fold_into_tables(trainer.model, learned[domain])
-    after = trainer.predict("test")[0]
-    gap = float((before - after).abs().max()) if before.numel() else 0.0
-    if gap > MERGE_TOLERANCE:
-        raise RuntimeError(f"merged logits differ from the adapted model's by {gap:.2e} (> {MERGE_TOLERANCE})")
-    plain = {k: v for k, v in trainer.model.state_dict().items() if not is_adapter_param(k)}
-    dcp.save({"model": plain}, checkpoint_id=str(out_tmp / "checkpoints" / "epoch-0000"))
-    if rank == 0:
-        write_json({"max_abs_logit_gap": gap, "rows_checked": int(before.numel())}, out_tmp / "merge.json")
+@dataclass(frozen=True)
+class MergeOutput:
+    """Merge's output (collective): predicts the domain's test rows, folds the adapter into
+    the weights and its own rows into the tables, predicts again, checks the logits agree,
+    and saves the plain model into ``out/checkpoints/epoch-0000``."""
+
+    domain: str
+    out: Path
+
+    def __call__(self, ctx: JobContext) -> None:
+        trainer = ctx.trainer
+        layers = adapter_layers(trainer.model)
+        if not layers or any(self.domain not in m.lora_A for m in layers.values()):
+            raise ArtifactError(f"no adapter for domain '{self.domain}' (pass its directory with --adapter)",
+                                file=ctx.job.spec_dir)
+        before = trainer.predict("test").logits
+        merged = []
+        try:
+            for layer in layers.values():
+                layer.merge(self.domain)
+                merged.append(layer)
+        except ValueError:
+            for layer in merged:
+                layer.unmerge()
+            raise
+        learned = getattr(inner_model(trainer.model), ROWS, {})
+        if self.domain in learned:  # its own rows go into the tables: this run serves only that domain
+            fold_into_tables(trainer.model, learned[self.domain])
+        after = trainer.predict("test").logits
+        gap = float((before - after).abs().max()) if before.numel() else 0.0
+        if gap > MERGE_TOLERANCE:
+            raise RuntimeError(f"merged logits differ from the adapted model's by {gap:.2e} (> {MERGE_TOLERANCE})")
+        plain = {k: v for k, v in trainer.model.state_dict().items() if not is_adapter_param(k)}
+        dcp.save({"model": plain}, checkpoint_id=str(self.out / "checkpoints" / "epoch-0000"))
+        if ctx.rank == 0:
+            write_json({"max_abs_logit_gap": gap, "rows_checked": int(before.numel())}, self.out / "merge.json")
 
 
 def merge(run_dir: str | Path, domain: str, out: str | Path, *, adapters: list[str | Path] = (),
-          data: str | Path | None = None, overwrite: bool = False) -> dict:
+          data: str | Path | None = None, overwrite: bool = False, launcher: Launcher | None = None) -> dict:
     """Fold ``domain``'s adapter into the backbone and write a plain single-domain run to ``out``."""
-    run_dir, out = Path(run_dir), Path(out)
-    cfg, spec, _ = platform_run.load_run(run_dir, load_config)
+    run, out = AdapterRunDir(run_dir), Path(out)
     extra = [Path(a) for a in adapters]
     if data is None:  # the domain's rows live in the run's data, or in the adapter's
-        data_dir = Path(json.loads((run_dir / "run.json").read_text())["data_dir"])
+        data_dir = run.data_dir
         for a in extra:
             _, meta = read_adapter(a)
-            if meta["domain"] == domain and domain not in spec.domain_names:
+            if meta["domain"] == domain and domain not in run.spec.domain_names:
                 data_dir = Path(meta["data_dir"])
     else:
-        from mdctr.domains.datasets import resolve_data
-
         data_dir = resolve_data(data)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        launch(_merge_worker, 1, run_dir, domain, extra, data_dir, tmp)
-        raw = cfg.model_dump(mode="json")
+        job = prediction_job(run, data_dir, "test", MergeOutput(domain, tmp))
+        job.selection = job.selection.with_domains([domain])
+        job.model = adapted_model(run, extra)
+        job.edits = (LoadAdapters(tuple(extra)),)
+        job.model_domains = model_domains(run, extra)
+        resolve_launcher(launcher).launch(job)
+        raw = run.config.model_dump(mode="json")
         raw.pop("adapters", None)
         raw["train"]["domains"] = None
         plain = TrainConfig.model_validate(raw)
-        save_train_config(plain, tmp / "config.yaml")
-        save_spec(spec, tmp)
-        base = json.loads((run_dir / "run.json").read_text())
         check = json.loads((tmp / "merge.json").read_text())
-        write_json({"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
-                    "config_fingerprint": plain.fingerprint(), "data_dir": base["data_dir"],
-                    "data_fingerprint": base.get("data_fingerprint"), "started": time.time(),
-                    "merged_from": {"run_id": base["run_id"], "domain": domain,
-                                    "adapters": [str(a) for a in extra], **check}},
-                   tmp / "run.json")
+        create_run_dir(tmp, plain, run.data_dir, run.spec, kind="merged", model=run.info.get("model"),
+                       merged_from={"run_id": run.run_id, "domain": domain, "adapters": [str(a) for a in extra],
+                                    **check})
         ckpt.write_state(tmp / "checkpoints", ckpt.TrainState(last_epoch=0, best_epoch=0, stopped=True))
     return json.loads((out / "run.json").read_text())["merged_from"]

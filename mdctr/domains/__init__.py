@@ -7,9 +7,9 @@ stay fast; the batching reader pulls in torch and torchrec only when asked for.
 from importlib import import_module
 
 _EXPORTS = {
-    "Batch": "batching", "DatasetReader": "batching", "prefetch": "batching",
+    "Batch": "batching", "DatasetReader": "batching", "prefetch": "batching", "Selection": "selection",
     "BUILTIN": "datasets", "prepare_builtin": "datasets", "resolve_data": "datasets",
-    "DataContractError": "errors", "table_rows": "ids", "prepare_movielens": "movielens",
+    "table_rows": "ids", "prepare_movielens": "movielens",
     "DatasetSpec": "spec", "DomainSpec": "spec", "FieldKind": "spec", "FieldSpec": "spec", "Role": "spec",
     "load_spec": "spec", "SyntheticConfig": "synthetic", "generate_synthetic": "synthetic",
     "load_synthetic_config": "synthetic", "validate_dataset": "validate",

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +39,10 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.domains.ids import table_rows
 from mdctr.domains.jagged import gather, offsets_from_lengths
+from mdctr.domains.selection import Selection
 from mdctr.domains.spec import DatasetSpec, load_spec
 from mdctr.domains.splits import PART_INDEX, SplitKind, SplitName, random_parts, temporal_parts
 
@@ -134,7 +135,7 @@ class DatasetReader:
     Example::
 
         reader = DatasetReader("data/ml-gender")
-        for batch in reader.batches("train", batch_size=4096, seed=0, epoch=0):
+        for batch in reader.batches("train", Selection(domains=("F",)), batch_size=4096, seed=0, epoch=0):
             logits = model(batch.sparse, batch.dense)
     """
 
@@ -274,6 +275,7 @@ class DatasetReader:
     def batches(
         self,
         split: SplitName | None = "train",
+        selection: Selection | None = None,
         *,
         batch_size: int = 4096,
         shuffle: bool = True,
@@ -282,13 +284,9 @@ class DatasetReader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
-        split_kind: SplitKind = "random",
-        split_seed: int | None = None,
-        domains: Iterable[str] | None = None,
-        ts_range: tuple[int | None, int | None] | None = None,
         group_domains: bool = False,
     ) -> Iterator[Batch]:
-        """Yield this rank's batches of ``split`` (``None``: every row).
+        """Yield this rank's batches of ``split`` (``None``: every row) of ``selection``.
 
         ``group_domains``: order each batch's rows by domain (stable), so per-domain work
         downstream (adapters) can use contiguous slices.
@@ -297,15 +295,7 @@ class DatasetReader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        dom_idx = None
-        if domains is not None:
-            names = list(domains)
-            missing = [d for d in names if d not in self.spec.domain_names]
-            if missing:
-                raise DataContractError(f"domain '{missing[0]}' is not declared in dataset.yaml",
-                                        file=self.directory / "dataset.yaml")
-            dom_idx = np.array([self.spec.domain_index(d) for d in names])
-        mask_args = (split, split_kind, split_seed, dom_idx, ts_range)
+        mask_args = self._mask_args(split, selection or Selection())
         rng = np.random.default_rng([seed, epoch]) if shuffle else None
         g = batch_size * world_size
         carry: _Chunk | None = None
@@ -341,15 +331,23 @@ class DatasetReader:
         return Batch(kjt, torch.from_numpy(c.dense), torch.from_numpy(c.labels), torch.from_numpy(c.domain),
                      torch.from_numpy(c.example_id), raw)
 
-    def num_rows(self, split: SplitName | None = "train", *, split_kind: SplitKind = "random",
-                 split_seed: int | None = None, domains: Iterable[str] | None = None,
-                 ts_range: tuple[int | None, int | None] | None = None) -> int:
-        """Rows of ``split`` (reads only the key columns)."""
-        dom_idx = None if domains is None else np.array([self.spec.domain_index(d) for d in domains])
+    def _mask_args(self, split: SplitName | None, sel: Selection) -> tuple:
+        dom_idx = None
+        if sel.domains is not None:
+            missing = [d for d in sel.domains if d not in self.spec.domain_names]
+            if missing:
+                raise DataContractError(f"domain '{missing[0]}' is not declared in dataset.yaml",
+                                        file=self.directory / "dataset.yaml")
+            dom_idx = np.array([self.spec.domain_index(d) for d in sel.domains])
+        return split, sel.split_kind, sel.split_seed, dom_idx, sel.window
+
+    def num_rows(self, split: SplitName | None = "train", selection: Selection | None = None) -> int:
+        """Rows of ``split`` of ``selection`` (reads only the key columns)."""
+        mask_args = self._mask_args(split, selection or Selection())
         total = 0
         for name in self.spec.files:
             t = pq.read_table(self.directory / name, columns=["example_id", "ts", "domain"])
-            total += int(self._mask(t, split, split_kind, split_seed, dom_idx, ts_range).sum())
+            total += int(self._mask(t, *mask_args).sum())
         return total
 
 

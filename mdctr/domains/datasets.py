@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import ConfigError, DataContractError
 from mdctr.domains.movielens import SPLITS as MOVIELENS_SPLITS
 from mdctr.domains.movielens import prepare_movielens
-from mdctr.domains.sources import cache_dir
+from mdctr.core.io import cache_dir
 from mdctr.domains.spec import SPEC_FILE, DatasetSpec
 
 #: name -> (prepare(split, out, split_seed=, overwrite=), valid splits)
@@ -25,10 +25,10 @@ BUILTIN: dict[str, tuple[Callable[..., DatasetSpec], tuple[str, ...]]] = {
 def prepare_builtin(name: str, split: str, out: str | Path, *, split_seed: int = 0,
                     overwrite: bool = False) -> DatasetSpec:
     if name not in BUILTIN:
-        raise ValueError(f"unknown dataset '{name}' (built-in: {', '.join(BUILTIN)})")
+        raise ConfigError(f"unknown dataset '{name}' (built-in: {', '.join(BUILTIN)})")
     prepare, splits = BUILTIN[name]
     if split not in splits:
-        raise ValueError(f"--split for {name} must be one of {', '.join(splits)}, got '{split}'")
+        raise ConfigError(f"--split for {name} must be one of {', '.join(splits)}, got '{split}'")
     return prepare(split, out, split_seed=split_seed, overwrite=overwrite)
 
 

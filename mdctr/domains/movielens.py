@@ -26,7 +26,8 @@ from mdctr.domains.spec import (
     DatasetSpec, DomainSpec, FieldKind, FieldSpec, RandomSplit, Role, SourceSpec, SplitSpec,
     TemporalSplit,
 )
-from mdctr.domains.writer import DatasetWriter, atomic_dir, build_table, list_array
+from mdctr.core.io import atomic_dir
+from mdctr.domains.writer import DatasetWriter, build_table, list_array
 
 MovieLensSplit = Literal["gender", "age", "occupation", "ads"]
 SPLITS: tuple[str, ...] = ("gender", "age", "occupation", "ads")

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
+from mdctr.core.io import cache_dir
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 GROUPLENS_MD5 = "0e33842e24a9c977be4e0107933c0723"
@@ -43,14 +44,6 @@ GENRES = [
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
     "Romance", "Sci-Fi", "Thriller", "War", "Western",
 ]
-
-
-def cache_dir() -> Path:
-    """``$MDCTR_CACHE``, else ``$XDG_CACHE_HOME/mdctr``, else ``~/.cache/mdctr``."""
-    if os.environ.get("MDCTR_CACHE"):
-        return Path(os.environ["MDCTR_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mdctr"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mdctr.domains.config_io import StrictModel, dump_model, load_model
+from mdctr.core.config import StrictModel, dump_model, load_model
+from mdctr.core.errors import DataContractError
 
 SPEC_FILE = "dataset.yaml"
 FORMAT_VERSION = 1
@@ -193,7 +194,7 @@ class DatasetSpec(StrictModel):
 
 def load_spec(directory: str | Path) -> DatasetSpec:
     """Read ``DIR/dataset.yaml``; errors name the file."""
-    return load_model(Path(directory) / SPEC_FILE, DatasetSpec)
+    return load_model(Path(directory) / SPEC_FILE, DatasetSpec, error=DataContractError)
 
 
 def save_spec(spec: DatasetSpec, directory: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mdctr.core.io import format_table
 from mdctr.domains.spec import DatasetSpec
 
 
@@ -15,28 +16,6 @@ def domain_rows(spec: DatasetSpec) -> list[dict]:
             row["bayes_auc"] = d.bayes_auc
         rows.append(row)
     return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    """Plain fixed-width table of dict rows (same keys in each).
-
-    >>> print(format_table([{"a": 1, "bb": "x"}, {"a": 22, "bb": "yy"}]))
-    a   bb
-    1   x
-    22  yy
-    """
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    cells = [[str(k) for k in keys]] + [[_fmt(r.get(k, "")) for k in keys] for r in rows]
-    widths = [max(len(row[j]) for row in cells) for j in range(len(keys))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
 
 
 def summary_text(spec: DatasetSpec) -> str:

@@ -32,13 +32,14 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from mdctr.domains.config_io import StrictModel, load_model
+from mdctr.core.config import StrictModel, load_model
 from mdctr.domains.jagged import gather, offsets_from_lengths
 from mdctr.domains.spec import (
     DatasetSpec, DomainSpec, FieldKind, FieldSpec, RandomSplit, Role, SourceSpec, SplitSpec,
     TemporalSplit,
 )
-from mdctr.domains.writer import DatasetWriter, atomic_dir, build_table, list_array
+from mdctr.core.io import atomic_dir
+from mdctr.domains.writer import DatasetWriter, build_table, list_array
 
 AUC_BINS = 1 << 14
 DAY = 86_400

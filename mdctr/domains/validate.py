@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.domains.spec import DatasetSpec, FieldKind, load_spec
 
 _READ_ROWS = 1 << 20

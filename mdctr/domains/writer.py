@@ -4,53 +4,18 @@ at ``--out`` only when complete, and a failure leaves nothing there."""
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
+
 from mdctr.domains.spec import DatasetSpec, FieldKind, save_spec
 from mdctr.domains.validate import DatasetChecker
 
 ROW_GROUP_ROWS = 256 * 1024
-
-
-def check_output(out: Path, *, overwrite: bool = False) -> None:
-    """Refuse to write into an existing non-empty ``out`` unless ``overwrite``."""
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise DataContractError("output exists and is not empty (pass --overwrite to replace it)", file=out)
-
-
-@contextmanager
-def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it is renamed to ``out``.
-
-    On any exception the temporary directory is removed and ``out`` is untouched.
-    With ``overwrite``, an existing ``out`` is replaced (swap by rename, then delete).
-    """
-    out = Path(out)
-    check_output(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def arrow_type(kind: FieldKind) -> pa.DataType:

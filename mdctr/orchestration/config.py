@@ -10,23 +10,20 @@ Example (``configs/movielens_ads_cadence.yaml``)::
     actr: {window_days: 1, init_from_cpm: true, use_tpm: true}
 
 Each stage's version id is ``STAGE-DATE-HASH`` where HASH covers exactly the settings that
-change that stage's artifact (the data, its own section, and what it consumes), so
-re-running a stage for a date with the same settings finds the same version.
+change that stage's artifact (the data, its own section, and what it consumes; the stage
+registry, :mod:`mdctr.orchestration.stages`, says which), so re-running a stage for a date
+with the same settings finds the same version.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import date
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mdctr.domains.config_io import StrictModel, load_model
+from mdctr.core.config import StrictModel, load_model
 from mdctr.platform.config import ModelConfig, OptimConfig, TrainLoopConfig
-
-STAGES = ("tpm", "cpm", "actr")
 
 
 class TPMConfig(StrictModel):
@@ -84,6 +81,40 @@ class ACTRConfig(StrictModel):
     min_eval_rows: int = Field(default=20, ge=2)
 
 
+class ScheduleConfig(StrictModel):
+    """When an optional stage runs: every day, every week on ``weekday`` (0 = Monday) or on
+    the first of every month."""
+
+    every: Literal["day", "week", "month"] = "week"
+    weekday: int = Field(default=0, ge=0, le=6)
+
+
+class LabelsStageConfig(StrictModel):
+    """Teacher labelling as a stage: the teacher run labels the rows of the last
+    ``window_days`` before the date into the teacher-label store, once per schedule."""
+
+    #: the teacher's run directory (any finished run)
+    teacher: str
+    #: the teacher-label store (default ``STORE/labels``)
+    store: str | None = None
+    window_days: int = Field(default=30, ge=1)
+    #: label only these domains (default: every domain)
+    domains: list[str] | None = None
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+class FinetuneStageConfig(StrictModel):
+    """Adapter onboarding as a stage: ``domain``'s adapter is trained on the frozen latest
+    ``base`` version (A-CTR or CPM) with the rows before the date."""
+
+    domain: str
+    base: Literal["cpm", "actr"] = "actr"
+    rows: Literal["all", "cold", "none"] = "all"
+    epochs: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    schedule: ScheduleConfig = ScheduleConfig(every="day")
+
+
 class PipelineConfig(StrictModel):
     data: str
     #: where versions, snapshots and lineage live
@@ -98,39 +129,11 @@ class PipelineConfig(StrictModel):
     tpm: TPMConfig = TPMConfig()
     cpm: CPMConfig = CPMConfig()
     actr: ACTRConfig = ACTRConfig()
+    labels: LabelsStageConfig | None = None
+    finetune: FinetuneStageConfig | None = None
     seed: int = 0
     world_size: int = Field(default=1, ge=1)
-
-    def stage_hash(self, stage: str) -> str:
-        """Hash of the settings that determine ``stage``'s artifacts (see module doc)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r} (expected one of {STAGES})")
-        parts: dict = {"data": self.data, "seed": self.seed, "organic": self.organic_domains}
-        if stage == "tpm":
-            parts["tpm"] = self.tpm.model_dump(mode="json")
-        else:
-            parts.update(model=self.model.model_dump(mode="json"), optim=self.optim.model_dump(mode="json"),
-                         use_tpm=self.actr.use_tpm)
-            if self.actr.use_tpm:
-                parts["tpm"] = self.stage_hash("tpm")
-            if stage == "cpm":
-                parts["cpm"] = self.cpm.model_dump(mode="json")
-            else:
-                parts.update(ad=self.ad_domains, actr=self.actr.model_dump(mode="json"))
-                if self.actr.init_from_cpm:
-                    parts["cpm"] = self.stage_hash("cpm")
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
-
-    def version_id(self, stage: str, day: date) -> str:
-        return f"{stage}-{day.isoformat()}-{self.stage_hash(stage)}"
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     return load_model(path, PipelineConfig)
-
-
-def parse_date(text: str, what: str = "--date") -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{what}: expected YYYY-MM-DD, got {text!r}") from None

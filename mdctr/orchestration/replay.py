@@ -1,13 +1,11 @@
-"""Replay the cadence over historical data: the same stage code as the live schedule, in
-calendar order.
+"""Replay the cadence over historical data: the same stage code and due rules as the live
+schedule, in calendar order.
 
-For every day D from ``start`` to ``end`` (inclusive):
-
-1. TPM on the first day of a month (and on the first replayed day if no snapshot exists yet),
-   when A-CTR uses TPM snapshots;
-2. CPM on ``cpm.weekday`` (and on the first replayed day if none exists yet), when A-CTR
-   starts from a CPM;
-3. A-CTR for D, then its next-day evaluation: AUC and log loss on the ad rows of D.
+For every day D from ``start`` to ``end`` (inclusive), the stages due on D by the stage
+registry's rules (:meth:`Pipeline.due`), inputs first: with the default config, TPM on the
+first of a month, CPM on ``cpm.weekday``, A-CTR every day (an input with no version yet,
+e.g. on the first replayed day, runs too). Every A-CTR is evaluated on the next day: AUC and
+log loss on the ad rows of D.
 
 Stages whose version exists are not re-run (idempotent), so a replay can be resumed or
 extended, and replays of config variants share the stages they have in common.
@@ -27,8 +25,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from mdctr.core.errors import ConfigError
+from mdctr.core.io import write_json
 from mdctr.orchestration.stages import Pipeline
-from mdctr.platform.metrics import compute_metrics, write_json
+from mdctr.platform.metrics import compute_metrics
 
 log = logging.getLogger("mdctr.pipeline")
 
@@ -52,7 +52,7 @@ class ReplayResult:
 
 def calendar_days(start: date, end: date) -> list[date]:
     if end < start:
-        raise ValueError(f"--to {end} is before --from {start}")
+        raise ConfigError(f"--to {end} is before --from {start}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
@@ -60,17 +60,13 @@ def replay(pipeline: Pipeline, start: date, end: date, *, out: str | Path | None
            progress: bool = True) -> ReplayResult:
     """Run the calendar from ``start`` to ``end`` and write the per-day table (CSV) to ``out``
     (default ``STORE/replay-START-END-HASH.csv``) plus a JSON summary next to it."""
-    cfg = pipeline.cfg
     t0 = time.perf_counter()
     rows: list[dict] = []
     preds: list[tuple[np.ndarray, np.ndarray]] = []
     bar = tqdm(calendar_days(start, end), desc="replay", unit="day", disable=None if progress else True)
     for day in bar:
-        if cfg.actr.use_tpm and (day.day == 1 or not pipeline.tpm_months(day)[0]):
-            pipeline.run("tpm", day, verbose=False)
-        if cfg.actr.init_from_cpm and (day.weekday() == cfg.cpm.weekday or pipeline.latest_cpm(day) is None):
-            pipeline.run("cpm", day, verbose=False)
-        rec, _ = pipeline.run("actr", day, evaluate_next_day=True, verbose=False)
+        ran = {name: pipeline.run(name, day, evaluate_next_day=True, verbose=False)[0] for name in pipeline.due(day)}
+        rec = ran["actr"]
         nd = rec.metrics.get("next_day") or {}
         rows.append({"date": day.isoformat(), "actr_version": rec.version_id, "cpm_version": rec.inputs.get("cpm"),
                      "tpm_months": " ".join(rec.inputs.get("tpm_months", [])), "train_rows": rec.rows,
@@ -92,7 +88,7 @@ def replay(pipeline: Pipeline, start: date, end: date, *, out: str | Path | None
         if labels.numel() and labels.min() != labels.max():
             pooled = compute_metrics(logits, labels, torch.zeros_like(labels, dtype=torch.long), ["all"],
                                      split="next_day")["auc"]
-    out = Path(out) if out is not None else pipeline.root / f"replay-{start}-{end}-{cfg.stage_hash('actr')}.csv"
+    out = Path(out) if out is not None else pipeline.root / f"replay-{start}-{end}-{pipeline.stage_hash('actr')}.csv"
     result = ReplayResult(rows, round(float(np.mean(aucs)), 6) if aucs else None, pooled, time.perf_counter() - t0, out)
     write_table(rows, out)
     write_json(result.summary(), out.with_suffix(".json"))

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 from torch import nn
 
-from mdctr.platform.metrics import write_json
+from mdctr.core.io import write_json
 
 STATE_FILE = "state.json"
 
@@ -96,6 +99,19 @@ def load(model: nn.Module, optimizer, directory: Path, *, partial: bool = False,
     model.load_state_dict(state["model"], strict=exclude is None)
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
+
+
+def read_entries(directory: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors of the model entries ``keys`` (default: every model entry)
+    of a checkpoint directory, read in this process without a process group."""
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{directory}: checkpoint not found")
+    wanted = None if keys is None else {f"model.{k}" for k in keys}
+    with warnings.catch_warnings():  # "no process group: loading in a single process" is the point
+        warnings.filterwarnings("ignore", message=".*torch.distributed is unavailable.*")
+        if wanted is None:
+            return _load_state_dict_from_keys(checkpoint_id=str(directory))["model"]
+        return _load_state_dict_from_keys(keys=wanted, checkpoint_id=str(directory))["model"]
 
 
 def prune(ckpt_dir: Path, state: TrainState) -> None:

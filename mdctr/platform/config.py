@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mdctr.domains.config_io import StrictModel, dump_model, load_model
+from mdctr.core.config import StrictModel, dump_model, load_model
 
 
 class Baseline(str, Enum):

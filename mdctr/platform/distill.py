@@ -12,15 +12,16 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mdctr.domains.batching import Batch
-from mdctr.platform.config import DistillConfig, ModelConfig
+from mdctr.platform.config import DistillConfig, ModelConfig, TrainConfig
 from mdctr.platform.model import CTRModel, FeatureLayout
-from mdctr.platform.stores.labels import LabelReader
+from mdctr.platform.stores.labels import LabelReader, TeacherLabelStore
 
 
 class TeacherJoin:
@@ -64,10 +65,36 @@ def build_student(layout: FeatureLayout, cfg: ModelConfig, distill: DistillConfi
     return CTRModel(layout, cfg, seed=seed)
 
 
-def distill_loss(cfg: DistillConfig):
-    """``loss(logits, batch)`` for the student (hard BCE plus the teacher term)."""
+@dataclass(frozen=True)
+class StudentBuilder:
+    """Model builder of a job: :func:`build_student` for the config's ``distill`` section."""
 
-    def loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    distill: DistillConfig | None = None
+
+    def __call__(self, cfg: TrainConfig, layout: FeatureLayout) -> CTRModel:
+        return build_student(layout, cfg.model, self.distill, cfg.train.seed)
+
+
+@dataclass(frozen=True)
+class TeacherLabels:
+    """Transform builder of a job: joins a label version's teacher logits on the rank."""
+
+    store: str
+    version: str
+    raw_fields: tuple[str, ...] = ()
+
+    def __call__(self, layout: FeatureLayout) -> TeacherJoin:
+        return TeacherJoin(LabelReader(TeacherLabelStore(self.store).resolve(self.version)))
+
+
+@dataclass(frozen=True)
+class DistillLoss:
+    """The student's loss (hard BCE plus the teacher term) for ``cfg``'s mode."""
+
+    cfg: DistillConfig
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        cfg = self.cfg
         has = batch.extra["has_teacher"].to(logits.dtype)
         soft = torch.sigmoid(batch.extra["teacher_logit"].to(logits.dtype) / cfg.temperature)
         if cfg.mode == "aux":
@@ -77,4 +104,7 @@ def distill_loss(cfg: DistillConfig):
         target = batch.labels + has * cfg.weight * (soft - batch.labels)
         return F.binary_cross_entropy_with_logits(logits, target)
 
-    return loss
+
+def distill_loss(cfg: DistillConfig) -> DistillLoss:
+    """``loss(logits, batch)`` for the student (hard BCE plus the teacher term)."""
+    return DistillLoss(cfg)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mdctr.domains.batching import Batch
-from mdctr.platform.config import ModelConfig
+from mdctr.platform.config import ModelConfig, TrainConfig
 from mdctr.platform.model import CTRModel, FeatureLayout
 from mdctr.platform.stores.embeddings import EmbeddingStore
 
@@ -41,6 +41,13 @@ class HistorySpec:
     @property
     def width(self) -> int:
         return len(self.entities) * self.k * (self.dim + 1)
+
+    def to_dict(self) -> dict:
+        return {"entities": dict(self.entities), "k": self.k, "dim": self.dim, "heads": self.heads}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "HistorySpec":
+        return cls(dict(raw["entities"]), int(raw["k"]), int(raw["dim"]), int(raw.get("heads", 2)))
 
 
 class SnapshotJoin:
@@ -114,3 +121,30 @@ class HistoryCTRModel(CTRModel):
             parts.append(self.pool[entity](vectors, found))
             o += k * (d + 1)
         return self.head(emb, torch.cat(parts, dim=1))
+
+
+@dataclass(frozen=True)
+class HistoryModelBuilder:
+    """Model builder of a job: :class:`HistoryCTRModel` with ``history``."""
+
+    history: HistorySpec
+
+    def __call__(self, cfg: TrainConfig, layout: FeatureLayout) -> HistoryCTRModel:
+        return HistoryCTRModel(layout, cfg.model, self.history, seed=cfg.train.seed)
+
+
+@dataclass(frozen=True)
+class SnapshotInput:
+    """Transform builder of a job: :class:`SnapshotJoin` over the snapshot store at ``store``
+    for ``months``; the reader carries the entities' raw ids."""
+
+    store: Path
+    months: tuple[str, ...]
+    history: HistorySpec
+
+    @property
+    def raw_fields(self) -> tuple[str, ...]:
+        return tuple(self.history.entities.values())
+
+    def __call__(self, layout: FeatureLayout) -> SnapshotJoin:
+        return SnapshotJoin(EmbeddingStore(self.store), list(self.months), self.history, layout.dense_dim)

@@ -21,22 +21,15 @@ import pyarrow.parquet as pq
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.spec import load_spec
 from mdctr.domains.validate import validate_dataset
-from mdctr.platform.distributed import launch
-from mdctr.platform.run import load_run, run_identity, run_predictions, setup_logging
+from mdctr.platform.launcher import Launcher, resolve_launcher
+from mdctr.platform.outputs import PredictionsOutput
+from mdctr.platform.rundir import RunDir
+from mdctr.platform.run import prediction_job
 from mdctr.platform.stores.index import IdIndex
 from mdctr.platform.stores.labels import TeacherLabelStore
 from mdctr.platform.stores.versioned import Version
 
 PART_ROWS = 1 << 20
-
-
-def _label_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
-                  split_seed: int | None, out: Path) -> None:
-    setup_logging(None, rank)
-    p, _ = run_predictions(rank, world_size, run_dir, data_dir, split, split_seed=split_seed)
-    if rank == 0:
-        pq.write_table(pa.table({"example_id": p.example_id.numpy(), "teacher_logit": p.logits.numpy().astype(np.float32),
-                                 "domain": p.domain.numpy()}), out)
 
 
 def _parts(preds: pa.Table, data_dir: Path) -> Iterator[pa.Table]:
@@ -55,22 +48,32 @@ def _parts(preds: pa.Table, data_dir: Path) -> Iterator[pa.Table]:
 
 
 def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, split: str | None = "train",
-                 split_seed: int | None = None, world_size: int = 1) -> Version:
-    """Label ``split`` of ``data`` with the teacher run's best model; commit one version."""
-    teacher = Path(teacher)
-    ident = run_identity(teacher)
-    cfg, _, _ = load_run(teacher)
+                 split_seed: int | None = None, world_size: int = 1, window: tuple[int | None, int | None] | None = None,
+                 domains: list[str] | None = None, launcher: Launcher | None = None) -> Version:
+    """Label ``split`` of ``data`` with the teacher run's best model; commit one version.
+
+    ``window`` (``lo <= ts < hi``) and ``domains`` narrow the rows (default: the teacher's
+    own domain selection, every ``ts``)."""
+    run = RunDir(teacher)
+    ident = run.identity()
     data_dir = resolve_data(data)
     spec, _ = validate_dataset(data_dir)
     scratch = Path(tempfile.mkdtemp(prefix="mdctr-labels-"))
     try:
         out = scratch / "predictions.parquet"
-        launch(_label_worker, world_size, teacher, data_dir, split, split_seed, out)
-        preds = pq.read_table(out)
+        job = prediction_job(run, data_dir, split, PredictionsOutput(out, "eval"), split_seed=split_seed,
+                             world_size=world_size)
+        if window is not None:
+            job.selection = job.selection.with_window(*window)
+        if domains is not None:
+            job.selection = job.selection.with_domains(domains)
+        resolve_launcher(launcher).launch(job)
+        preds = pq.read_table(out, columns=["example_id", "logit", "domain"]).rename_columns(
+            ["example_id", "teacher_logit", "domain"])
         meta = {"teacher_run_id": ident["run_id"], "teacher_fingerprint": ident["fingerprint"],
-                "teacher_dir": str(teacher.resolve()), "teacher_config": cfg.fingerprint(),
+                "teacher_dir": str(run.path.resolve()), "teacher_config": run.config.fingerprint(),
                 "data_dir": str(data_dir.resolve()), "data_fingerprint": spec.fingerprint, "split": split,
-                "split_seed": split_seed}
+                "split_seed": split_seed, "window": None if window is None else list(window)}
         return TeacherLabelStore(store).write(_parts(preds, data_dir), meta)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

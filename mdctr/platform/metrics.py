@@ -13,16 +13,13 @@ class have no AUC and are left out of the weighting).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
-from mdctr.domains.summary import format_table
+from mdctr.core.io import format_table
 
 
 def _auc(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -72,10 +69,3 @@ def metrics_table(m: dict) -> str:
     rows += [{"domain": d, **v} for d, v in m["domains"].items()]
     return format_table(rows) + f"\nWAUC {m['wauc']}"
 
-
-def write_json(obj: dict, path: str | Path) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -93,6 +93,11 @@ class SeededUniformInit:
         return weight
 
 
+def table_entry(key: str) -> str:
+    """The state-dict key of a field's embedding table in :class:`CTRModel`."""
+    return f"ebc.embedding_bags.t_{key}.weight"
+
+
 def table_configs(layout: FeatureLayout, embedding_dim: int, seed: int = 0) -> list[EmbeddingBagConfig]:
     return [
         EmbeddingBagConfig(name=f"t_{k}", embedding_dim=embedding_dim, num_embeddings=layout.rows[k],

@@ -1,6 +1,7 @@
-"""A training run end to end: ``mdctr train`` and ``mdctr evaluate``.
+"""``mdctr train`` and ``mdctr evaluate``: build the jobs of a run and launch them.
 
-A run directory holds::
+A run directory (:mod:`mdctr.platform.rundir`) is created before any training starts; a
+run that fails before its first checkpoint leaves nothing behind. Training writes::
 
     config.yaml      the resolved config (overrides applied)
     dataset.yaml     the training data's spec (table sizes, domains) for evaluate/adapters
@@ -15,96 +16,49 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from mdctr.core.config import with_overrides
+from mdctr.core.errors import ArtifactError, DataContractError
 from mdctr.domains.datasets import resolve_data
-from mdctr.domains.errors import DataContractError
-from mdctr.domains.spec import DatasetSpec, load_spec, save_spec
+from mdctr.domains.selection import Selection
+from mdctr.domains.spec import DatasetSpec
 from mdctr.domains.validate import validate_dataset
-from mdctr.platform import checkpoint as ckpt
-from mdctr.platform.config import Baseline, TrainConfig, load_train_config, save_train_config
-from mdctr.platform.distributed import launch, select_device
-from mdctr.platform.metrics import compute_metrics, metrics_table, write_json
-from mdctr.platform.distill import TeacherJoin, build_student, distill_loss
-from mdctr.platform.model import FeatureLayout, feature_layout
+from mdctr.platform.config import TrainConfig, load_train_config
+from mdctr.platform.distill import DistillLoss, StudentBuilder, TeacherLabels
+from mdctr.platform.job import Job, Output, Predict, close_log_files, setup_logging
+from mdctr.platform.launcher import Launcher, resolve_launcher
+from mdctr.platform.model import feature_layout
+from mdctr.platform.outputs import MetricsOutput, RunOutput
+from mdctr.platform.rundir import RunDir, prepare_run_dir, units_of
 from mdctr.platform.stores.labels import LabelReader, TeacherLabelStore
-from mdctr.platform.trainer import Predictions, Trainer
 
 log = logging.getLogger("mdctr.train")
 
-
-def setup_logging(run_dir: Path | None, rank: int) -> None:
-    root = logging.getLogger("mdctr")
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    close_log_files()
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    h = logging.StreamHandler(sys.stdout)
-    h.setFormatter(fmt)
-    root.addHandler(h)
-    if run_dir is not None and rank == 0:
-        fh = logging.FileHandler(Path(run_dir) / "train.log")
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
-    root.propagate = False
+#: the jobs of a run, launched in order: ``planner(cfg, data_dir, run_dir, resume) -> [Job]``
+JobPlanner = Callable[[TrainConfig, Path, Path, bool], list[Job]]
 
 
-def close_log_files() -> None:
-    """Detach mdctr's handlers, closing its log files (before a run directory moves)."""
-    root = logging.getLogger("mdctr")
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        h.close()
-
-
-def _ckpt_dir(run_dir: Path, cfg: TrainConfig, domain: str | None) -> Path:
-    base = Path(run_dir) / "checkpoints"
-    return base / domain if domain is not None else base
-
-
-def _units(cfg: TrainConfig, spec: DatasetSpec) -> list[str | None]:
-    """One model for every domain, or (``separate``) one per domain."""
-    return list(cfg.train.domains or spec.domain_names) if cfg.baseline is Baseline.separate else [None]
-
-
-def _train_worker(rank: int, world_size: int, cfg: TrainConfig, data_dir: Path, run_dir: Path,
-                  resume: bool) -> None:
-    setup_logging(run_dir, rank)
-    device, _ = select_device(rank)
-    spec = load_spec(data_dir)
-    layout = feature_layout(spec, cfg.model, cfg.baseline)
-    reader = layout.reader(data_dir)
-    preds = []
-    history: dict[str, list] = {}
+def train_jobs(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool) -> list[Job]:
+    """A plain run: one job (one unit per domain for ``separate``), distilling from the
+    teacher-label store when the config says so."""
+    kw: dict = {}
     info: dict = {}
-    student: dict = {}
     if cfg.distill is not None:
-        labels = teacher_labels(cfg, spec, data_dir)
+        labels = teacher_labels(cfg, data_dir)
         info["teacher_labels"] = labels.version.name
         log.info("distilling (%s, weight %g, T %g) from teacher labels %s (%d labels)", cfg.distill.mode,
                  cfg.distill.weight, cfg.distill.temperature, labels.version.name, len(labels))
-        student = dict(transform=TeacherJoin(labels), loss_fn=distill_loss(cfg.distill))
-    for unit in _units(cfg, spec):
-        if unit is not None:
-            log.info("-- separate model for domain %s", unit)
-        if student:
-            torch.manual_seed(cfg.train.seed)
-            student["model"] = build_student(layout, cfg.model, cfg.distill, cfg.train.seed)
-        trainer = Trainer(cfg, reader, layout, _ckpt_dir(run_dir, cfg, unit), rank=rank, world_size=world_size,
-                          device=device, domains=None if unit is None else [unit], **student)
-        state = trainer.fit(resume=resume)
-        history[unit or "all"] = state.history
-        preds.append(trainer.predict("test"))
-    finish_run(run_dir, rank, preds, layout, history, **info)
+        kw = dict(transform=TeacherLabels(cfg.distill.store, labels.version.name), loss=DistillLoss(cfg.distill))
+    units = tuple(units_of(cfg, validate_dataset(data_dir)[0]))
+    return [Job(cfg, data_dir, run_dir / "checkpoints", model=StudentBuilder(cfg.distill), units=units,
+                resume=resume, predict=(Predict("test"),), output=RunOutput(run_dir, info), log_dir=run_dir, **kw)]
 
 
-def teacher_labels(cfg: TrainConfig, spec: DatasetSpec, data_dir: Path) -> LabelReader:
+def teacher_labels(cfg: TrainConfig, data_dir: Path) -> LabelReader:
     """The label version a distilling config names, checked to label this dataset."""
+    spec = validate_dataset(data_dir)[0]
     version = TeacherLabelStore(cfg.distill.store).resolve(cfg.distill.teacher_labels,
                                                            at_or_before=cfg.distill.labels_before)
     if version.meta.get("data_fingerprint") != spec.fingerprint:
@@ -113,54 +67,19 @@ def teacher_labels(cfg: TrainConfig, spec: DatasetSpec, data_dir: Path) -> Label
     return LabelReader(version)
 
 
-def finish_run(run_dir: Path, rank: int, preds: list[tuple[torch.Tensor, ...]], layout: FeatureLayout,
-               history: dict[str, list], **info) -> None:
-    """Rank 0 writes history.json, run.json (timings, ``info``) and, last, metrics.json."""
-    if rank != 0:
-        return
-    logits, labels, domain = (torch.cat([p[i] for p in preds]) for i in range(3))
-    metrics = compute_metrics(logits, labels, domain, layout.domain_names, split="test")
-    write_json({"history": history}, run_dir / "history.json")
-    run = json.loads((run_dir / "run.json").read_text())
-    run.update(info)
-    run.update({"finished": time.time(), "wall_seconds": round(time.time() - run["started"], 2)})
-    write_json(run, run_dir / "run.json")
-    write_json(metrics, run_dir / "metrics.json")
-    log.info("test metrics\n%s", metrics_table(metrics))
-
-
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig, data_dir: Path, spec: DatasetSpec, *, resume: bool,
-                    loader: Callable[[Path], TrainConfig] = load_train_config) -> None:
-    """Create (or, for resume, check) the run directory before any training starts."""
-    if resume:
-        saved = run_dir / "config.yaml"
-        if not saved.exists():
-            raise DataContractError("nothing to resume (no config.yaml)", file=run_dir)
-        prev = loader(saved)
-        if prev.fingerprint() != cfg.fingerprint():
-            raise DataContractError("--resume with a config that differs from the run's config.yaml", file=run_dir)
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise DataContractError("run directory exists and is not empty (use --resume or a new --out)", file=run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_train_config(cfg, run_dir / "config.yaml")
-    save_spec(spec, run_dir)
-    write_json({"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
-                "config_fingerprint": cfg.fingerprint(), "data_dir": str(data_dir.resolve()),
-                "data_fingerprint": spec.fingerprint, "started": time.time(),
-                "torch": torch.__version__}, run_dir / "run.json")
-
-
 def run_identity(run_dir: str | Path) -> dict[str, str]:
-    """A finished run's id and fingerprint (config + data + best epoch): what artifacts
-    derived from the run (adapters, teacher labels) record to name their source."""
-    run_dir = Path(run_dir)
-    state = ckpt.read_state(run_dir / "checkpoints")
-    if not (run_dir / "run.json").exists() or state is None or state.best_epoch < 0:
-        raise DataContractError("not a finished run (no run.json or no finished checkpoint)", file=run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    fp = f"{run['config_fingerprint']}:{run.get('data_fingerprint', '')[:16]}:{state.best_epoch}"
-    return {"run_id": run["run_id"], "fingerprint": fp}
+    """A finished run's id and fingerprint (:meth:`RunDir.identity`)."""
+    return RunDir(run_dir, loader=_any_config).identity()
+
+
+def _any_config(path: Path) -> TrainConfig:
+    """Reads a run's config whatever package extended it (only the base fields are used)."""
+    from mdctr.core.config import parse_model, read_yaml
+
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k in TrainConfig.model_fields}
+    return parse_model(raw, TrainConfig, source=path)
 
 
 def resolve_config(config: str | Path | TrainConfig, *, world_size: int | None = None,
@@ -168,130 +87,103 @@ def resolve_config(config: str | Path | TrainConfig, *, world_size: int | None =
                    loader: Callable[[Path], TrainConfig] = load_train_config) -> TrainConfig:
     """The config (a file, read by ``loader``, or an object) with command-line overrides."""
     cfg = config if isinstance(config, TrainConfig) else loader(Path(config))
-    data = cfg.model_dump()
-    if world_size is not None:
-        data["world_size"] = world_size
-    if split_seed is not None:
-        data["train"]["split_seed"] = split_seed
-    if seed is not None:
-        data["train"]["seed"] = seed
-    return type(cfg).model_validate(data)
+    overrides = {k: v for k, v in (("world_size", world_size), ("train.split_seed", split_seed),
+                                   ("train.seed", seed)) if v is not None}
+    flags = " ".join(f"--{k.split('.')[-1].replace('_', '-')}" for k in overrides)
+    return with_overrides(cfg, overrides, source=f"{config if not isinstance(config, TrainConfig) else 'config'} "
+                                                 f"with {flags}") if overrides else cfg
 
 
-def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = False,
-          world_size: int | None = None, split_seed: int | None = None, seed: int | None = None,
-          loader: Callable[[Path], TrainConfig] = load_train_config, worker: Callable = _train_worker) -> dict:
-    """Train per ``config`` into ``out``; returns the test metrics (also in ``out/metrics.json``).
-
-    ``loader``/``worker`` let packages that extend the backbone (adapters) reuse the run
-    machinery: config checks, the run directory, process launch and clean-up on failure.
-    """
-    cfg = resolve_config(config, world_size=world_size, split_seed=split_seed, seed=seed, loader=loader)
-    data_dir = resolve_data(cfg.data)
+def check_training_data(cfg: TrainConfig, data_dir: Path) -> DatasetSpec:
+    """Config/data mismatches fail before any output."""
     spec, _ = validate_dataset(data_dir)
-    feature_layout(spec, cfg.model, cfg.baseline)  # config/data mismatches fail before any output
+    try:
+        feature_layout(spec, cfg.model, cfg.baseline)
+    except ValueError as exc:
+        raise DataContractError(str(exc), file=data_dir / "dataset.yaml") from None
     if cfg.distill is not None:
-        teacher_labels(cfg, spec, data_dir)
+        teacher_labels(cfg, data_dir)
     unknown = [d for d in cfg.train.domains or [] if d not in spec.domain_names]
     if unknown:
         raise DataContractError(f"train.domains names '{unknown[0]}', which the data lacks "
                                 f"(has {spec.domain_names})", file=data_dir / "dataset.yaml")
+    return spec
+
+
+def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = False,
+          world_size: int | None = None, split_seed: int | None = None, seed: int | None = None,
+          loader: Callable[[Path], TrainConfig] = load_train_config, planner: JobPlanner = train_jobs,
+          launcher: Launcher | None = None) -> dict:
+    """Train per ``config`` into ``out``; returns the test metrics (also in ``out/metrics.json``).
+
+    ``loader``/``planner`` let packages that extend the backbone (adapters) reuse the run
+    machinery: config checks, the run directory, launch and clean-up on failure.
+    """
+    cfg = resolve_config(config, world_size=world_size, split_seed=split_seed, seed=seed, loader=loader)
+    data_dir = resolve_data(cfg.data)
+    spec = check_training_data(cfg, data_dir)
     run_dir = Path(out)
     created = not run_dir.exists()
     prepare_run_dir(run_dir, cfg, data_dir, spec, resume=resume, loader=loader)
     try:
-        launch(worker, cfg.world_size, cfg, data_dir, run_dir, resume)
+        setup_logging(run_dir, 0)  # the planner's notes go to the run's log too
+        jobs = planner(cfg, data_dir, run_dir, resume)
+        launch = resolve_launcher(launcher)
+        for job in jobs:
+            launch.launch(job)
     except BaseException:
+        close_log_files()
         if created and not (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before the first checkpoint
         raise
+    close_log_files()
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-# -- evaluate ---------------------------------------------------------------------------------
+# -- evaluate and predict ---------------------------------------------------------------------
 
 
-def default_builder(cfg: TrainConfig, layout: FeatureLayout) -> torch.nn.Module:
-    """The unsharded model of a run (``CTRModel``, with its auxiliary head when it was a
-    distilled student); other packages pass their own builder."""
-    return build_student(layout, cfg.model, cfg.distill, cfg.train.seed)
-
-
-def load_run(run_dir: str | Path, loader: Callable[[Path], TrainConfig] = load_train_config,
-             ) -> tuple[TrainConfig, DatasetSpec, FeatureLayout]:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise DataContractError("not a run directory (no config.yaml)", file=run_dir)
-    cfg = loader(run_dir / "config.yaml")
-    spec = load_spec(run_dir)
-    return cfg, spec, feature_layout(spec, cfg.model, cfg.baseline)
-
-
-def check_compatible(train_spec: DatasetSpec, data_spec: DatasetSpec, where: Path) -> tuple[torch.Tensor, list[str]]:
-    """Fields must match. Returns the map from the data's domain index to the model's (-1 for
-    domains the run never saw) and the names of those unseen domains."""
+def check_compatible(train_spec: DatasetSpec, data_spec: DatasetSpec, where: Path) -> list[str]:
+    """Fields must match. Returns the data's domains the run never saw."""
     want = [(f.name, f.kind) for f in train_spec.fields]
     got = [(f.name, f.kind) for f in data_spec.fields]
     if want != got:
         raise DataContractError(f"fields {[n for n, _ in got]} differ from the run's {[n for n, _ in want]}",
                                 file=where / "dataset.yaml")
-    names = train_spec.domain_names
-    unknown = [d for d in data_spec.domain_names if d not in names]
-    return torch.tensor([names.index(d) if d in names else -1 for d in data_spec.domain_names]), unknown
+    return [d for d in data_spec.domain_names if d not in train_spec.domain_names]
 
 
-def run_predictions(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
-                    loader: Callable = load_train_config, builder: Callable = default_builder,
-                    split_seed: int | None = None) -> tuple[Predictions, DatasetSpec]:
-    """Collective: the best model of ``run_dir`` (every unit of a ``separate`` run) over
-    ``split`` of ``data_dir``; the data's spec. ``split_seed`` overrides the run's."""
-    cfg, train_spec, layout = load_run(run_dir, loader)
-    if split_seed is not None:
-        cfg = resolve_config(cfg, split_seed=split_seed)
-    data_spec = load_spec(data_dir)
-    domain_map, unknown = check_compatible(train_spec, data_spec, data_dir)
-    if unknown and cfg.baseline is not Baseline.shared:
+def prediction_job(run: RunDir, data_dir: Path, split: str | None, output: Output, *,
+                   split_seed: int | None = None, world_size: int = 1,
+                   selection: Selection | None = None) -> Job:
+    """The job that predicts ``split`` of ``data_dir`` with the run's best model (every unit of
+    a ``separate`` run whose domain the data has); ``split_seed`` overrides the run's, and
+    ``selection`` the run's selection of rows."""
+    cfg = run.config if split_seed is None else resolve_config(run.config, split_seed=split_seed)
+    data_spec = validate_dataset(data_dir)[0]
+    unknown = check_compatible(run.spec, data_spec, data_dir)
+    if unknown and cfg.baseline.value != "shared":
         raise DataContractError(f"domain '{unknown[0]}' was not trained by this {cfg.baseline.value} run",
                                 file=data_dir / "dataset.yaml")
-    device, _ = select_device(rank)
-    reader = layout.reader(data_dir)
-    preds = []
-    for unit in _units(cfg, train_spec):
-        if unit is not None and unit not in data_spec.domain_names:
-            continue
-        ck = _ckpt_dir(run_dir, cfg, unit)
-        state = ckpt.read_state(ck)
-        if state is None or state.best_epoch < 0:
-            raise DataContractError("run has no finished checkpoint", file=ck)
-        trainer = Trainer(cfg, reader, layout, ck, rank=rank, world_size=world_size, device=device,
-                          domains=None if unit is None else [unit], progress=False, model=builder(cfg, layout))
-        ckpt.load(trainer.model, None, ckpt.epoch_dir(ck, state.best_epoch))
-        preds.append(trainer.predict(split, domain_map=domain_map.clamp(min=0)))
-    return Predictions(*(torch.cat([p[i] for p in preds]) for i in range(4))), data_spec
+    units = tuple(u for u in run.units if u is None or u in data_spec.domain_names)
+    return Job(cfg, data_dir, run.checkpoints(), model=run.model_builder(), selection=selection, spec_dir=run.path,
+               units=units, fit=False, transform=run.transform(), model_domains=tuple(run.spec.domain_names),
+               predict=(Predict("eval", split),), output=output, progress=False, world_size=world_size)
 
 
-def _evaluate_worker(rank: int, world_size: int, run_dir: Path, data_dir: Path, split: str | None,
-                     out_file: Path, loader: Callable, builder: Callable) -> None:
-    setup_logging(None, rank)
-    p, data_spec = run_predictions(rank, world_size, run_dir, data_dir, split, loader, builder)
-    if rank == 0:
-        metrics = compute_metrics(p.logits, p.labels, p.domain, data_spec.domain_names, split=split or "all")
-        write_json(metrics, out_file)
-        print(metrics_table(metrics))
+def open_run(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None, *, split: str | None = "test",
-             out: str | Path | None = None, loader: Callable[[Path], TrainConfig] = load_train_config,
-             builder: Callable = default_builder) -> dict:
-    """Evaluate a run's best model on ``data`` (default: its training data).
-
-    ``loader`` reads the run's config and ``builder`` makes its unsharded model (for runs of
-    models that extend the backbone, such as adapters).
-    """
-    run_dir = Path(run_dir)
-    load_run(run_dir, loader)
-    data_dir = resolve_data(data) if data is not None else Path(json.loads((run_dir / "run.json").read_text())["data_dir"])
-    validate_dataset(data_dir)
-    out_file = Path(out) if out is not None else run_dir / f"eval-{split or 'all'}.json"
-    launch(_evaluate_worker, 1, run_dir, data_dir, split, out_file, loader, builder)
+def evaluate(run_dir: str | Path | RunDir, data: str | Path | None = None, *, split: str | None = "test",
+             out: str | Path | None = None, launcher: Launcher | None = None) -> dict:
+    """Evaluate a run's (or stage version's) best model on ``data`` (default: its training
+    data); writes and returns the metrics."""
+    run = open_run(run_dir)
+    data_dir = resolve_data(data) if data is not None else run.data_dir
+    if not data_dir.is_dir():
+        raise ArtifactError(f"the run's data directory {data_dir} is gone (pass --data)", file=run.path)
+    out_file = Path(out) if out is not None else run.path / f"eval-{split or 'all'}.json"
+    output = MetricsOutput(out_file, "eval", split or "all")
+    resolve_launcher(launcher).launch(prediction_job(run, data_dir, split, output))
     return json.loads(out_file.read_text())

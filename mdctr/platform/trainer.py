@@ -5,7 +5,9 @@ order is a function of ``(seed, epoch)`` and the torch RNG is reseeded at each e
 ``(seed, epoch, rank)``, so a run resumed after epoch ``e`` continues exactly as the
 uninterrupted run would have.
 
-The loss lives here, outside the model: ``loss_fn(logits, batch) -> scalar`` (default BCE).
+The loss lives here, outside the model: ``job.loss(logits, batch) -> scalar`` (default BCE).
+Everything else the trainer does is described by its :class:`~mdctr.platform.job.Job`;
+:class:`~mdctr.platform.job.TrainerHooks` see every epoch's metrics and checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,16 +24,16 @@ import torch.nn.functional as F
 from torchrec.optim.keyed import CombinedOptimizer
 from tqdm.auto import tqdm
 
+from mdctr.core.errors import RunDirError
 from mdctr.domains.batching import Batch, DatasetReader, prefetch
+from mdctr.domains.selection import Selection
 from mdctr.platform import checkpoint as ckpt
-from mdctr.platform.config import TrainConfig
 from mdctr.platform.distributed import dense_optimizer, shard, table_param_names
 from mdctr.platform.metrics import compute_metrics
-from mdctr.platform.model import CTRModel, FeatureLayout
+from mdctr.platform.job import Job, TrainerHooks
+from mdctr.platform.model import FeatureLayout
 
 log = logging.getLogger("mdctr.train")
-
-LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 
 def bce_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -47,82 +48,89 @@ class Predictions(NamedTuple):
 
 
 class Trainer:
-    """Builds the sharded model and optimizers for one rank and runs the loop.
-
-    Args:
-        cfg: the run's config.
-        reader: the dataset (tables sized to ``layout``).
-        layout: feature layout of the model.
-        ckpt_dir: where epoch checkpoints and ``state.json`` go.
-        domains: train/evaluate only these domains (the ``separate`` baseline), else all.
-        model: a pre-built (unsharded) model to use instead of ``CTRModel`` (e.g. with adapters).
-        trainable: which dense parameter names the optimizer updates (default: all).
-        domain_map: the model's domain index for each of the reader's (when the reader's
-            dataset orders or names domains differently from the model's).
-        group_domains: order each training batch's rows by domain (for per-domain modules).
-        window: train and evaluate only rows with ``lo <= ts < hi`` (either end may be None).
-        transform: applied to every batch on the data thread, before the model sees it
-            (e.g. to join features looked up by id).
-        train_split: the split trained on (``None``: every row of the selection, e.g. a
-            time window that has no held-out part).
-        keep_only: instead of checkpointing every epoch, keep the best epoch's copy of
-            just the model entries whose names pass, in memory: for fine-tuning a few
-            weights of a frozen model (no checkpoint files; the run cannot be resumed).
+    """Builds the sharded model and optimizers of one :class:`~mdctr.platform.job.Job` on
+    one rank and runs its loop (:meth:`run`).
 
     With ``cfg.train.validation`` off, the trainer validates nothing and keeps the last epoch.
     """
 
-    def __init__(self, cfg: TrainConfig, reader: DatasetReader, layout: FeatureLayout, ckpt_dir: Path, *,
-                 rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
-                 domains: list[str] | None = None, model: torch.nn.Module | None = None,
-                 trainable: Callable[[str], bool] | None = None, loss_fn: LossFn = bce_loss,
-                 domain_map: torch.Tensor | None = None, group_domains: bool = False, progress: bool = True,
-                 window: tuple[int | None, int | None] | None = None,
-                 transform: Callable[[Batch], Batch] | None = None, train_split: str | None = "train",
-                 keep_only: Callable[[str], bool] | None = None):
-        self.cfg, self.reader, self.layout = cfg, reader, layout
-        self.keep_only = keep_only
+    def __init__(self, job: Job, reader: DatasetReader, layout: FeatureLayout, *, rank: int = 0,
+                 world_size: int = 1, device: torch.device = torch.device("cpu")):
+        cfg = job.cfg
+        self.job, self.cfg, self.reader, self.layout = job, cfg, reader, layout
+        self.ckpt_dir = Path(job.ckpt_dir)
+        self.keep_only = job.keep_only
         self._kept: dict[str, torch.Tensor] = {}  # keep_only: the best epoch's entries
-        self.ckpt_dir = Path(ckpt_dir)
         self.rank, self.world_size, self.device = rank, world_size, device
-        self.domains = domains if domains is not None else cfg.train.domains
-        self.domain_map = domain_map
-        self.group_domains = group_domains
-        self.loss_fn = loss_fn
-        self.progress = progress and rank == 0
+        self.selection: Selection = job.selection
+        self.domain_map = None if job.model_domains is None else torch.tensor(
+            [job.model_domains.index(d) if d in job.model_domains else 0 for d in reader.spec.domain_names])
+        self.group_domains = job.group_domains
+        self.loss_fn = job.loss or bce_loss
+        self.hooks = job.hooks or TrainerHooks()
+        self.progress = job.progress and rank == 0
         self.batch_size = max(1, cfg.train.batch_size // world_size)
         self.eval_batch_size = max(1, cfg.train.eval_batch_size // world_size)
-        torch.manual_seed(cfg.train.seed)
-        base = model if model is not None else CTRModel(layout, cfg.model, seed=cfg.train.seed)
-        self.model = shard(base, device=device, batch_size=self.batch_size, optim=cfg.optim.embedding)
+        torch.manual_seed(cfg.train.seed)  # the dense layers' initialisation
+        self.model = shard(job.model(cfg, layout), device=device, batch_size=self.batch_size,
+                           optim=cfg.optim.embedding)
         tables = table_param_names(self.model)
-        keep = trainable or (lambda name: True)
+        keep = job.trainable or (lambda name: True)
         self.dense_params = {n: p for n, p in self.model.named_parameters()
                              if n not in tables and p.requires_grad and keep(n)}
         self.dense_opt = dense_optimizer(self.dense_params, cfg.optim.dense)
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, self.dense_opt])
-        self.transform = transform
+        self.transform = job.transform(layout) if job.transform is not None else None
         self.validation = cfg.train.validation
-        self.train_split = train_split
+        self.train_split = job.train_split
         self._rows: dict[str | None, int] = {}
-        self._split_kw = dict(split_kind=cfg.train.split_kind, split_seed=cfg.train.split_seed, domains=self.domains,
-                              ts_range=window)
+
+    def run(self) -> tuple[ckpt.TrainState, bool | None]:
+        """The job's model on this rank: started from ``job.init``, edited, then trained
+        (or its best checkpoint loaded). Returns the train state and, when the job names
+        frozen entries, whether they stayed bit-identical (a change raises)."""
+        job = self.job
+        if not job.fit:
+            state = ckpt.read_state(self.ckpt_dir)
+            if state is None or state.best_epoch < 0:
+                raise RunDirError("run has no finished checkpoint", file=self.ckpt_dir)
+            ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch), partial=True)
+            for edit in job.edits:  # e.g. external adapters, on top of the run's weights
+                edit(self.model)
+            return state, None
+        if job.init is not None:
+            ckpt.load(self.model, None, job.init.epoch_dir(), partial=job.init.partial,
+                      exclude=job.init.excluded if job.init.exclude else None)
+        for edit in job.edits:
+            edit(self.model)
+        before = frozen_entries(self.model, job.frozen) if job.frozen is not None else None
+        state = self.fit(resume=job.resume, validate_start=job.validate_start)
+        if before is None:
+            return state, None
+        if not same_tensors(before, frozen_entries(self.model, job.frozen)):
+            raise RuntimeError("training changed entries the job froze (backbone or another domain's adapter)")
+        log.info("training left every frozen table and dense weight bit-identical")
+        return state, True
 
     # -- data ----------------------------------------------------------------------------
     def _batches(self, split: str | None, epoch: int, *, train: bool):
         it = self.reader.batches(
-            split, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            split, self.selection, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
             seed=self.cfg.train.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-            drop_last=train and self.world_size > 1, group_domains=train and self.group_domains, **self._split_kw)
+            drop_last=train and self.world_size > 1, group_domains=train and self.group_domains)
         return prefetch(self._transformed(it), self.cfg.train.prefetch)
 
     def _transformed(self, batches):
         return batches if self.transform is None else map(self.transform, batches)
 
     def _num_batches(self, split: str | None, batch_size: int) -> int:
-        if split not in self._rows:  # the same every epoch: counted once (it reads the key columns)
-            self._rows[split] = self.reader.num_rows(split, **self._split_kw)
-        return math.ceil(self._rows[split] / (batch_size * self.world_size))
+        return math.ceil(self.num_rows(split) / (batch_size * self.world_size))
+
+    def num_rows(self, split: str | None) -> int:
+        """Rows of ``split`` of the selection (counted once: it reads the key columns)."""
+        if split not in self._rows:
+            self._rows[split] = self.reader.num_rows(split, self.selection)
+        return self._rows[split]
 
     # -- steps ---------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
@@ -148,26 +156,19 @@ class Trainer:
         return total / max(count, 1)
 
     @torch.no_grad()
-    def predict(self, split: str | None, reader: DatasetReader | None = None,
-                domain_map: torch.Tensor | None = None, *, window: tuple[int | None, int | None] | None = None,
-                ) -> Predictions:
-        """Logits, labels, the reader's domain index and example ids of every row of ``split``,
-        gathered on all ranks. ``domain_map`` maps the reader's domain indices to the model's (when the
-        reader holds another dataset than the one trained on); ``window`` replaces the
-        trainer's time window (e.g. the day after a model's training window).
-        """
+    def predict(self, split: str | None, *, selection: Selection | None = None) -> Predictions:
+        """Logits, labels, the reader's domain index and example ids of every row of ``split``
+        of the job's selection (or of ``selection``), gathered on all ranks."""
         self.model.eval()
-        reader = reader or self.reader
         outs: list[tuple[torch.Tensor, ...]] = []
-        kw = dict(self._split_kw, ts_range=window) if window is not None else self._split_kw
-        it = reader.batches(split, batch_size=self.eval_batch_size, shuffle=False, rank=self.rank,
-                            world_size=self.world_size, **kw)
+        it = self.reader.batches(split, selection or self.selection, batch_size=self.eval_batch_size,
+                                 shuffle=False, rank=self.rank, world_size=self.world_size)
         spare: Batch | None = None
         for batch in prefetch(self._transformed(it), self.cfg.train.prefetch):
             if len(batch) == 0 and spare is not None:  # keep collectives in step across ranks
                 self.model(spare.sparse, spare.dense, spare.domain)
                 continue
-            dom = self._model_domain(batch.domain, domain_map)
+            dom = self._model_domain(batch.domain)
             b = batch.to(self.device)
             logits = self.model(b.sparse, b.dense, dom.to(self.device)).float().cpu()
             outs.append((logits, batch.labels, batch.domain, batch.example_id))
@@ -178,9 +179,8 @@ class Trainer:
             parts = [_all_gather(t) for t in parts]
         return Predictions(*parts)
 
-    def _model_domain(self, domain: torch.Tensor, domain_map: torch.Tensor | None = None) -> torch.Tensor:
-        mapping = domain_map if domain_map is not None else self.domain_map
-        return domain if mapping is None else mapping[domain]
+    def _model_domain(self, domain: torch.Tensor) -> torch.Tensor:
+        return domain if self.domain_map is None else self.domain_map[domain]
 
     def evaluate(self, split: str) -> dict:
         logits, labels, domain, _ = self.predict(split)
@@ -218,7 +218,7 @@ class Trainer:
             raise RuntimeError(f"{self.ckpt_dir}: no epoch finished, nothing to evaluate")
         if self.keep_only is None:
             ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch))
-        else:
+        elif self._kept:
             with torch.no_grad():
                 current = self.model.state_dict()
                 for k, v in self._kept.items():
@@ -235,8 +235,10 @@ class Trainer:
         else:  # no validation: the latest epoch is the model
             valid = {"auc": None, "wauc": None, "logloss": None}
             wauc, improved = float("-inf"), True
+        checkpoint = None
         if self.keep_only is None:
-            ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
+            checkpoint = ckpt.epoch_dir(self.ckpt_dir, epoch)
+            ckpt.save(self.model, self.optimizer, checkpoint)
         elif improved:
             kept = {k: v for k, v in self.model.state_dict().items() if self.keep_only(k)}
             if any(type(v) is not torch.Tensor for v in kept.values()):
@@ -247,14 +249,18 @@ class Trainer:
             state.best_epoch, state.best_wauc, state.bad_epochs = epoch, wauc, 0
         else:
             state.bad_epochs += 1
-        state.stopped = state.bad_epochs >= self.cfg.train.patience or last
-        state.history.append({"epoch": epoch, "train_loss": None if train_loss is None else round(train_loss, 6),
-                              "valid_auc": valid["auc"], "valid_wauc": valid["wauc"],
-                              "valid_logloss": valid["logloss"], "seconds": round(time.perf_counter() - t0, 2)})
+        record = {"epoch": epoch, "train_loss": None if train_loss is None else round(train_loss, 6),
+                  "valid_auc": valid["auc"], "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        state.history.append(record)
+        hook_stop = bool(self.hooks.on_epoch_end(epoch, dict(record), checkpoint))
+        state.stopped = state.bad_epochs >= self.cfg.train.patience or last or hook_stop
         if self.rank == 0:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_state(self.ckpt_dir, state)
             ckpt.prune(self.ckpt_dir, state)
+            if hook_stop:
+                log.info("stopped by a hook after epoch %d", epoch)
             loss = "(start)" if train_loss is None else f"train_loss {train_loss:.5f}"
             log.info("epoch %d  %s  valid auc %s wauc %s logloss %s  (%.1fs)%s", epoch, loss, valid["auc"],
                      valid["wauc"], valid["logloss"], state.history[-1]["seconds"], "  *best" if improved else "")
@@ -272,3 +278,22 @@ def _all_gather(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def frozen_entries(model: torch.nn.Module, which) -> dict[str, torch.Tensor]:
+    """Copies of the model entries (state-dict keys) ``which`` selects, as this rank holds
+    them (local shards of sharded tables)."""
+    out = {}
+    for name, value in model.state_dict().items():
+        if not which(name):
+            continue
+        if hasattr(value, "local_shards"):
+            for i, shard in enumerate(value.local_shards()):
+                out[f"{name}#{i}"] = shard.tensor.detach().clone()
+        elif torch.is_tensor(value):
+            out[name] = value.detach().clone()
+    return out
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

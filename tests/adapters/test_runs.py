@@ -14,8 +14,9 @@ from mdctr.adapters.onboard import FINETUNE_LR_SCALE, finetune, predict
 from mdctr.adapters.run import MLoRATrainConfig, evaluate, train
 from mdctr.adapters.serve import list_adapters, merge
 from mdctr.domains.datasets import resolve_data
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.domains.batching import DatasetReader
+from mdctr.domains.selection import Selection
 from mdctr.platform import checkpoint as ckpt
 from safetensors.torch import load_file
 
@@ -91,7 +92,7 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
     assert meta["row_counts"]["user_id"] > 200 and meta["row_counts"]["gender"] == 1
     tensors = load_file(str(tmp_path / "adapter-F" / "adapter.safetensors"))
     cold_users = tensors["rows.user_id.ids"]
-    train_rows = DatasetReader(data).batches("train", batch_size=10**6, shuffle=False, domains=["M"])
+    train_rows = DatasetReader(data).batches("train", Selection(domains=("M",)), batch_size=10**6, shuffle=False)
     m_users = set(next(train_rows).sparse["user_id"].values().tolist())
     assert not m_users & set(cold_users.tolist())
     assert tensors["rows.user_id.weight"].abs().sum() > 0
@@ -137,7 +138,8 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
         domains = [domain] if domain else ["F", "M"]
         want = predict(base, data, adapters=[tmp_path / "adapter-F"], domains=domains)
         got = torch.cat([scripted(b.sparse.values(), b.sparse.lengths(), b.dense, b.domain)
-                         for b in DatasetReader(data).batches("test", batch_size=4096, shuffle=False, domains=domains)])
+                         for b in DatasetReader(data).batches("test", Selection(domains=tuple(domains)),
+                                                             batch_size=4096, shuffle=False)])
         torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
 
     # without own rows the adapter is the tower adapter alone (and does worse on F's new users)
@@ -172,8 +174,8 @@ def test_exported_torchscript_matches_the_trained_model(two_phase, data, tmp_pat
     want = predict(out, data, domains=[domain] if domain else None)
     reader = DatasetReader(data)
     got = torch.cat([scripted(b.sparse.values(), b.sparse.lengths(), b.dense, b.domain)
-                     for b in reader.batches("test", batch_size=4096, shuffle=False,
-                                             domains=[domain] if domain else None)])
+                     for b in reader.batches("test", Selection(domains=(domain,)) if domain else None,
+                                             batch_size=4096, shuffle=False)])
     assert got.shape == want["logits"].shape
     torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
 

@@ -11,8 +11,9 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mdctr.domains.batching import Batch, DatasetReader, prefetch
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.domains.ids import table_rows
+from mdctr.domains.selection import Selection
 from mdctr.domains.sources import GENRES
 from mdctr.domains.splits import TRAIN, random_parts
 
@@ -163,7 +164,7 @@ def test_bad_arguments(reader):
     with pytest.raises(ValueError, match="rank"):
         next(reader.batches("train", rank=2, world_size=2))
     with pytest.raises(DataContractError, match="domain 'X' is not declared"):
-        next(reader.batches("train", domains=["F", "X"]))
+        next(reader.batches("train", Selection(domains=("F", "X"))))
     with pytest.raises(DataContractError, match="table_sizes names fields the dataset lacks"):
         DatasetReader(reader.directory, table_sizes={"colour": 4})
 
@@ -171,14 +172,14 @@ def test_bad_arguments(reader):
 # -- filters -------------------------------------------------------------------------------------
 
 def test_domain_filter(reader, train_ids, ml_gender_df):
-    batches = list(reader.batches("train", batch_size=BS, domains=["F"]))
+    batches = list(reader.batches("train", Selection(domains=("F",)), batch_size=BS))
     ids = all_ids(batches)
     assert all(torch.all(b.domain == 0) for b in batches)  # F is domain 0
     want = train_ids[ml_gender_df.loc[train_ids, "domain"].to_numpy() == "F"]
     np.testing.assert_array_equal(np.sort(ids), want)
     assert 0.2 < len(want) / len(train_ids) < 0.3
-    assert reader.num_rows("train", domains=["F"]) == len(want)
-    both = all_ids(reader.batches("train", batch_size=BS, domains=["M", "F"]))
+    assert reader.num_rows("train", Selection(domains=("F",))) == len(want)
+    both = all_ids(reader.batches("train", Selection(domains=("M", "F")), batch_size=BS))
     np.testing.assert_array_equal(np.sort(both), train_ids)
 
 
@@ -195,30 +196,30 @@ def test_selections_of_a_small_dataset_read_each_row_group_once(ml_gender_dir, m
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
     fresh = DatasetReader(ml_gender_dir)
     groups = len(fresh._row_groups)
-    selections = [dict(split="train"), dict(split="valid"), dict(split="test", domains=["F"]), dict(split=None)]
-    got = [all_ids(fresh.batches(batch_size=BS, shuffle=False, **sel)) for sel in selections]
+    selections = [("train", None), ("valid", None), ("test", Selection(domains=("F",))), (None, None)]
+    got = [all_ids(fresh.batches(split, sel, batch_size=BS, shuffle=False)) for split, sel in selections]
     assert len(reads) == groups  # once, whatever the split or domains
     # and the rows are those a reader without the cache selects
     uncached = DatasetReader(ml_gender_dir, cache_rows=0)
-    for sel, ids in zip(selections, got):
-        np.testing.assert_array_equal(ids, all_ids(uncached.batches(batch_size=BS, shuffle=False, **sel)))
+    for (split, sel), ids in zip(selections, got):
+        np.testing.assert_array_equal(ids, all_ids(uncached.batches(split, sel, batch_size=BS, shuffle=False)))
     assert len(reads) == groups + len(selections) * groups  # the uncached one reads for each selection
 
 
 def test_ts_range_filter(reader, ml_gender_df):
     lo, hi = 880_000_000, 885_000_000
-    batches = list(reader.batches(None, batch_size=BS, ts_range=(lo, hi)))
+    batches = list(reader.batches(None, Selection(window=(lo, hi)), batch_size=BS))
     ids = np.sort(all_ids(batches))
     ts = ml_gender_df["ts"].to_numpy()
     want = np.flatnonzero((ts >= lo) & (ts < hi))
     np.testing.assert_array_equal(ids, want)
     assert 10_000 < len(want) < 90_000
-    open_lo = all_ids(reader.batches(None, batch_size=BS, ts_range=(None, hi)))
+    open_lo = all_ids(reader.batches(None, Selection(window=(None, hi)), batch_size=BS))
     assert len(open_lo) == int((ts < hi).sum())
-    open_hi = all_ids(reader.batches(None, batch_size=BS, ts_range=(lo, None)))
+    open_hi = all_ids(reader.batches(None, Selection(window=(lo, None)), batch_size=BS))
     assert len(open_hi) == int((ts >= lo).sum())
-    assert reader.num_rows(None, ts_range=(lo, hi)) == len(want)
-    assert list(reader.batches(None, ts_range=(0, 1))) == []
+    assert reader.num_rows(None, Selection(window=(lo, hi))) == len(want)
+    assert list(reader.batches(None, Selection(window=(0, 1)))) == []
 
 
 def test_table_sizes(ml_gender_dir, ml_gender_df):
@@ -346,17 +347,18 @@ def test_batches_do_not_alias_the_cache(ml_gender_dir, shuffle):
 
 
 def test_cache_and_background_do_not_change_batches(small_synth_dir):
-    def run(reader, **kw):
+    def run(reader, sel=None, **kw):
         out = []
         for epoch in (0, 1):
-            for b in reader.batches("train", batch_size=300, seed=1, epoch=epoch, **kw):
+            for b in reader.batches("train", sel, batch_size=300, seed=1, epoch=epoch, **kw):
                 out.append((b.example_id.clone(), b.sparse.values().clone(), b.dense.clone()))
         return out
 
     plain = DatasetReader(small_synth_dir, chunk_rows=1000, cache_rows=0, background=False)
     fancy = DatasetReader(small_synth_dir, chunk_rows=1000)
     assert not plain._cacheable and fancy._cacheable
-    for kw in ({}, {"shuffle": False}, {"domains": ["d1", "ad0"]}, {"ts_range": (None, plain.spec.time_range[0] + 86_400 * 10)}):
+    for kw in ({}, {"shuffle": False}, {"sel": Selection(domains=("d1", "ad0"))},
+               {"sel": Selection(window=(None, plain.spec.time_range[0] + 86_400 * 10))}):
         a, b = run(plain, **kw), run(fancy, **kw)
         assert len(a) == len(b) > 0, kw
         for x, y in zip(a, b):

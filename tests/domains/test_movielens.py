@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError, InputError
 from mdctr.domains.movielens import (
     AD_ITEM_SEED, AGE_BUCKETS, SPLITS, ad_items, age_bucket, prepare_movielens, temporal_split,
 )
@@ -234,7 +234,7 @@ def test_prepare_refuses_non_empty_out(tmp_path, ml_raw, ml_gender_spec):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(DataContractError, match="output exists"):
+    with pytest.raises(InputError, match="output exists"):
         prepare_movielens("gender", out, raw=ml_raw)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     spec = prepare_movielens("gender", out, raw=ml_raw, overwrite=True)
@@ -343,7 +343,7 @@ def test_prepare_from_handmade_raw(tmp_path):
 
 def test_resolve_builtin_ref(tmp_path, monkeypatch, ml_raw, ml_gender_spec):
     from mdctr.domains.datasets import is_builtin_ref, prepare_builtin, resolve_data
-    from mdctr.domains.sources import cache_dir
+    from mdctr.core.io import cache_dir
 
     real_raw = cache_dir() / "raw"
     (tmp_path / "cache").mkdir()

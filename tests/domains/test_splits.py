@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from mdctr.domains.batching import DatasetReader
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.domains.ids import table_rows
+from mdctr.domains.selection import Selection
 from mdctr.domains.spec import DatasetSpec, RandomSplit, TemporalSplit
 from mdctr.domains.splits import (
     TEST, TRAIN, VALID, random_parts, splitmix64, temporal_parts, unit_hash,
@@ -17,9 +18,9 @@ from mdctr.domains.splits import (
 N = 100_000
 
 
-def ids_of(reader: DatasetReader, split, **kw) -> np.ndarray:
-    return np.concatenate([b.example_id.numpy() for b in reader.batches(split, batch_size=8192,
-                                                                       shuffle=False, **kw)])
+def ids_of(reader: DatasetReader, split, selection: Selection | None = None) -> np.ndarray:
+    return np.concatenate([b.example_id.numpy() for b in reader.batches(split, selection, batch_size=8192,
+                                                                       shuffle=False)])
 
 
 # -- hashing -----------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def test_reader_uses_recorded_seed(ml_prepare):
     got7 = np.sort(ids_of(r7, "train"))
     np.testing.assert_array_equal(got7, want7)
     # --split-seed 7 at prepare time == split_seed=7 at read time
-    np.testing.assert_array_equal(np.sort(ids_of(r0, "train", split_seed=7)), want7)
+    np.testing.assert_array_equal(np.sort(ids_of(r0, "train", Selection(split_seed=7))), want7)
     assert not np.array_equal(np.sort(ids_of(r0, "train")), want7)
 
 
@@ -104,7 +105,7 @@ def test_temporal_split_order(ml_gender_dir, ml_gender_spec, ml_gender_df):
     reader = DatasetReader(ml_gender_dir)
     ts = {}
     for s in ("train", "valid", "test"):
-        ids = ids_of(reader, s, split_kind="temporal")
+        ids = ids_of(reader, s, Selection(split_kind="temporal"))
         ts[s] = ml_gender_df.loc[ids, "ts"].to_numpy()
         assert len(ts[s]) > 1000, s
     assert ts["train"].max() < t.valid_start <= ts["valid"].min()
@@ -127,7 +128,7 @@ def test_temporal_split_missing(small_synth_dir, copy_dataset):
     del data["split"]["temporal"]
     (d / "dataset.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(DataContractError, match="no temporal split"):
-        next(DatasetReader(d).batches("train", split_kind="temporal"))
+        next(DatasetReader(d).batches("train", Selection(split_kind="temporal")))
 
 
 def test_split_spec_validation():

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import ConfigError
 from mdctr.domains.spec import FieldKind, Role, load_spec
 from mdctr.domains.synthetic import (
     GroundTruth, SyntheticConfig, binned_auc, generate_synthetic, load_synthetic_config,
@@ -232,7 +232,7 @@ def test_shipped_config_loads():
 def test_bad_config(tmp_path, text, match):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(DataContractError, match=match) as info:
+    with pytest.raises(ConfigError, match=match) as info:
         load_synthetic_config(path)
     msg = str(info.value)
     assert msg.startswith(f"{path}: ") and "\n" not in msg
@@ -240,5 +240,5 @@ def test_bad_config(tmp_path, text, match):
 
 
 def test_missing_config(tmp_path):
-    with pytest.raises(DataContractError, match="file not found"):
+    with pytest.raises(ConfigError, match="file not found"):
         load_synthetic_config(tmp_path / "nope.yaml")

@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.domains.spec import load_spec
 from mdctr.domains.validate import validate_dataset
-from mdctr.domains.writer import DatasetWriter, atomic_dir
+from mdctr.core.io import atomic_dir
+from mdctr.domains.writer import DatasetWriter
 
 PART = "part-00000.parquet"
 

@@ -10,7 +10,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from mdctr.domains.config_io import dump_model
+from mdctr.core.config import dump_model
 from mdctr.orchestration.replay import replay
 from mdctr.orchestration.stages import Pipeline
 

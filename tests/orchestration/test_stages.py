@@ -13,18 +13,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
-from mdctr.orchestration.stages import Pipeline, day_ts
+from mdctr.core.timeutil import day_ts
+from mdctr.orchestration.stages import Pipeline
 from mdctr.platform import checkpoint as ckpt
+from mdctr.platform.rundir import RunDir
 
 MARCH_1, MARCH_2 = date(2024, 3, 1), date(2024, 3, 2)
 
 
 def _model_state(rec) -> dict[str, torch.Tensor]:
-    ck = Path(rec.path) / "checkpoints"
-    state = ckpt.read_state(ck)
-    return _load_state_dict_from_keys(checkpoint_id=str(ckpt.epoch_dir(ck, state.best_epoch)))["model"]
+    return ckpt.read_entries(RunDir(rec.path).best_checkpoint())
 
 
 def _run_all(pipe: Pipeline):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mdctr.domains.config_io import dump_model
+from mdctr.core.config import dump_model
 from mdctr.platform.run import train
 
 MDCTR = str(Path(sys.executable).parent / "mdctr")

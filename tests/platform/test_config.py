@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.platform.config import load_train_config
 from mdctr.platform.model import feature_layout
 from mdctr.domains.spec import load_spec

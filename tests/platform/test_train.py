@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mdctr.domains.errors import DataContractError
+from mdctr.core.errors import DataContractError
 from mdctr.domains.splits import TEST, random_parts
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.run import evaluate, train

@@ -1,0 +1,79 @@
+"""``mdctr``: the command line. Thin: parses arguments and calls into the packages.
+
+One module per sub-app (:mod:`.data`, :mod:`.train`, :mod:`.adapters`, :mod:`.labels`,
+:mod:`.pipeline`); library modules are imported inside the commands so ``mdctr --help``
+stays fast.
+
+Exit status (:func:`main`):
+
+* 0: done.
+* 2: bad input, one line on stderr: ``mdctr: error: <file>: <problem>`` (an
+  :class:`~mdctr.core.errors.InputError`), or a usage error as typer prints it.
+* 130: interrupted (``mdctr: interrupted``).
+* 1: anything else is a bug and propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from mdctr.cli import adapters, data, labels, pipeline, train
+from mdctr.core.errors import InputError
+
+try:  # typer >= 0.2x bundles its own click; its exceptions are not the `click` package's
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import ClickException as _ClickException
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Multi-domain CTR on TorchRec: data, training, adapters, transfer, distillation.")
+app.add_typer(data.app, name="data")
+train.register(app)
+app.add_typer(adapters.app, name="adapters")
+app.add_typer(labels.app, name="labels")
+app.add_typer(pipeline.app, name="pipeline")
+
+#: what typer returns (instead of raising) when a command is interrupted with Ctrl-C
+_INTERRUPTED = 130
+
+
+def _show_usage_error(exc: _ClickException) -> None:
+    """Print a usage error exactly as typer does in standalone mode."""
+    from typer.core import HAS_RICH
+
+    if HAS_RICH and getattr(app, "rich_markup_mode", None) is not None:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+    else:
+        exc.show()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the app and returns the exit status (see the module doc).
+
+    Bad input (:class:`~mdctr.core.errors.InputError`) is one line and status 2; usage
+    errors are printed by typer, status 2; any other exception propagates (a bug).
+    """
+    from mdctr.platform.quiet import quiet_library_warnings
+
+    quiet_library_warnings()
+    try:
+        rv = app(args=argv, prog_name="mdctr", standalone_mode=False)
+    except InputError as exc:
+        typer.echo("mdctr: error: " + " ".join(str(exc).splitlines()), err=True)
+        return 2
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130)
+        rv = _INTERRUPTED
+    except _ClickException as exc:  # usage errors: unknown option, missing argument, bad value
+        _show_usage_error(exc)
+        return exc.exit_code
+    except typer.Abort:  # EOF at a prompt
+        typer.echo("mdctr: aborted", err=True)
+        return 1
+    if rv == _INTERRUPTED:
+        typer.echo("mdctr: interrupted", err=True)
+        return _INTERRUPTED
+    return rv if isinstance(rv, int) else 0

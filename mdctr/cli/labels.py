@@ -1,0 +1,71 @@
+"""``mdctr labels``: the teacher-label store (write, list, show, gc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mdctr.cli._options import StoreOpt
+
+app = typer.Typer(no_args_is_help=True, help="Teacher-label store: write, list, show, gc.")
+
+
+@app.command("write")
+def labels_write(
+    teacher: Path = typer.Option(..., "--teacher", help="The teacher's run directory."),
+    data: str = typer.Option(..., "--data", help="Dataset directory or built-in NAME:SPLIT."),
+    split: str = typer.Option("train", "--split", help="train, valid, test or all."),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Random split seed (default: the teacher run's)."),
+    store: str = StoreOpt,
+    world_size: int = typer.Option(1, "--world-size", help="Processes predicting in parallel."),
+) -> None:
+    """Label a dataset split with a teacher run once; the labels become one store version."""
+    from mdctr.platform.labelling import write_labels
+
+    v = write_labels(teacher, data, store=store, split=None if split == "all" else split, split_seed=split_seed,
+                     world_size=world_size)
+    typer.echo(f"wrote {v.name}: {v.meta['rows']:,} labels of {v.meta['domains']} by teacher "
+               f"{v.meta['teacher_run_id']} -> {v.path}")
+
+
+def _ts(t: Optional[int]) -> str:
+    import datetime as dt
+
+    return "-" if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).date().isoformat()
+
+
+@app.command("list")
+def labels_list(store: str = StoreOpt) -> None:
+    """Committed label versions, oldest first."""
+    from mdctr.platform.stores.labels import TeacherLabelStore
+
+    versions = TeacherLabelStore(store).list()
+    if not versions:
+        typer.echo(f"no label versions in {store}")
+    for v in versions:
+        m = v.meta
+        typer.echo(f"{v.name}  {m['rows']:>10,} labels  {_ts(m.get('ts_min'))}..{_ts(m.get('ts_max'))}  "
+                   f"split {m.get('split')}  teacher {m.get('teacher_run_id')}")
+
+
+@app.command("show")
+def labels_show(version: str = typer.Argument(..., help="Version name or 'latest'."), store: str = StoreOpt) -> None:
+    """Row count, domains, date range and teacher of one version."""
+    import json
+
+    from mdctr.platform.stores.labels import TeacherLabelStore
+
+    v = TeacherLabelStore(store).resolve(version)
+    m = dict(v.meta, date_range=[_ts(v.meta.get("ts_min")), _ts(v.meta.get("ts_max"))])
+    typer.echo(json.dumps({"version": v.name, "path": str(v.path), **m}, indent=1))
+
+
+@app.command("gc")
+def labels_gc(keep: int = typer.Option(..., "--keep", help="Versions to keep (newest)."), store: str = StoreOpt) -> None:
+    """Delete all but the newest KEEP versions (and files of crashed writers)."""
+    from mdctr.platform.stores.labels import TeacherLabelStore
+
+    removed = TeacherLabelStore(store).gc(keep)
+    typer.echo(f"removed {len(removed)} version(s)" + (f": {', '.join(removed)}" if removed else ""))

@@ -1,0 +1,81 @@
+"""``mdctr pipeline``: the E-CDCTR tri-level transfer (run a stage, replay, lineage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mdctr.cli._options import ConfigOpt
+
+app = typer.Typer(no_args_is_help=True,
+                  help="E-CDCTR tri-level transfer: run a stage for a date, replay the calendar, lineage.")
+
+
+@app.command("run")
+def pipeline_run(
+    stage: str = typer.Argument(..., help="tpm (monthly tiny pretrain), cpm (weekly complete pretrain) or actr (daily ad model)."),
+    day: str = typer.Option(..., "--date", help="Run date YYYY-MM-DD: the stage trains only on data before it."),
+    config: Path = ConfigOpt,
+    evaluate: bool = typer.Option(False, "--evaluate-next-day", help="actr: also score the ad rows of --date."),
+) -> None:
+    """Run one stage for one date (idempotent: an existing version is reported, not re-run)."""
+    import json
+
+    from mdctr.core.timeutil import parse_date
+    from mdctr.orchestration.config import load_pipeline_config
+    from mdctr.orchestration.stages import Pipeline
+
+    rec, created = Pipeline(load_pipeline_config(config)).run(stage, parse_date(day), evaluate_next_day=evaluate)
+    typer.echo(("created " if created else "exists  ") + rec.version_id)
+    typer.echo(json.dumps({"inputs": rec.inputs, "window": [rec.window_start, rec.window_end], "rows": rec.rows,
+                           "metrics": rec.metrics, "path": rec.path}, indent=1))
+
+
+@app.command("replay")
+def pipeline_replay(
+    start: str = typer.Option(..., "--from", help="First day YYYY-MM-DD."),
+    end: str = typer.Option(..., "--to", help="Last day YYYY-MM-DD (inclusive)."),
+    config: Path = ConfigOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="Per-day CSV (default: STORE/replay-FROM-TO-HASH.csv)."),
+) -> None:
+    """Run the cadence (monthly TPM, weekly CPM, daily A-CTR) over historical days and write
+    the per-day table of the A-CTR's next-day AUC."""
+    from mdctr.core.timeutil import parse_date
+    from mdctr.orchestration.config import load_pipeline_config
+    from mdctr.orchestration.replay import format_table, replay
+    from mdctr.orchestration.stages import Pipeline
+
+    result = replay(Pipeline(load_pipeline_config(config)), parse_date(start, "--from"), parse_date(end, "--to"), out=out)
+    typer.echo(format_table(result))
+
+
+@app.command("list")
+def pipeline_list(
+    config: Path = ConfigOpt,
+    stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
+) -> None:
+    """Versions recorded in the config's lineage database."""
+    from mdctr.orchestration.config import load_pipeline_config
+    from mdctr.orchestration.stages import Pipeline
+
+    for rec in Pipeline(load_pipeline_config(config)).lineage.list(stage):
+        typer.echo(f"{rec.version_id:<32} window {rec.window_start}..{rec.window_end}  rows {rec.rows}  "
+                   f"inputs {rec.inputs}")
+
+
+@app.command("show")
+def pipeline_show(version: str = typer.Argument(..., help="Version id."), config: Path = ConfigOpt) -> None:
+    """One version's lineage: data window, rows, inputs (CPM version, TPM months), metrics."""
+    import json
+
+    from mdctr.core.errors import ArtifactError
+    from mdctr.orchestration.config import load_pipeline_config
+    from mdctr.orchestration.stages import Pipeline
+
+    pipe = Pipeline(load_pipeline_config(config))
+    rec = pipe.lineage.get(version)
+    if rec is None:
+        raise ArtifactError(f"no version '{version}' in {pipe.lineage.engine.url}")
+    typer.echo(json.dumps({**rec.to_dict(), "evaluations": pipe.lineage.evaluations(version)}, indent=1))

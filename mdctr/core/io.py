@@ -1,0 +1,124 @@
+"""Shared output helpers: the one atomic directory commit, JSON, tables, cache and state dirs.
+
+The commit protocol (:func:`atomic_dir`): everything is written into a hidden temporary
+sibling of the target (``.NAME.tmp-XXXX``), which is renamed into place only when complete.
+A crash leaves at most a hidden temporary directory, never a partial target; stores and
+writers that use it ignore hidden entries and may delete stale ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mdctr.core.errors import InputError
+
+
+def check_output(out: Path, *, overwrite: bool = False) -> None:
+    """Refuse to write into an existing non-empty ``out`` unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise InputError("output exists and is not empty (pass --overwrite to replace it)", file=out)
+
+
+def temp_sibling(out: Path, tag: str = "tmp") -> Path:
+    """A new hidden directory next to ``out`` (same file system: renames are atomic)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{tag}-", dir=out.parent))
+
+
+def commit_dir(tmp: Path, out: Path, *, overwrite: bool = False) -> bool:
+    """Rename the complete directory ``tmp`` to ``out``. With ``overwrite`` an existing
+    ``out`` is swapped out by rename and then deleted. Without it, if ``out`` appeared in the
+    meantime (another writer committed first), ``tmp`` is removed and False returned."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists() and overwrite:
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if old is not None:
+            os.rename(old, out)
+        if out.exists() and not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+@contextmanager
+def atomic_dir(out: str | Path, *, overwrite: bool = False, check: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it is renamed to ``out``.
+
+    On any exception the temporary directory is removed and ``out`` is untouched.
+    With ``overwrite``, an existing ``out`` is replaced (swap by rename, then delete).
+    """
+    out = Path(out)
+    if check:
+        check_output(out, overwrite=overwrite)
+    tmp = temp_sibling(out)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists() and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty target (e.g. made by the user) is no content to keep
+    commit_dir(tmp, out, overwrite=True)
+
+
+def write_json(obj: dict, path: str | Path) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain fixed-width table of dict rows (same keys in each).
+
+    >>> print(format_table([{"a": 1, "bb": "x"}, {"a": 22, "bb": "yy"}]))
+    a   bb
+    1   x
+    22  yy
+    """
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [[str(k) for k in keys]] + [[_fmt(r.get(k, "")) for k in keys] for r in rows]
+    widths = [max(len(row[j]) for row in cells) for j in range(len(keys))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def cache_dir() -> Path:
+    """``$MDCTR_CACHE``, else ``$XDG_CACHE_HOME/mdctr``, else ``~/.cache/mdctr``."""
+    if os.environ.get("MDCTR_CACHE"):
+        return Path(os.environ["MDCTR_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mdctr"
+
+
+def state_dir() -> Path:
+    """Where mdctr keeps state between commands (clusters, cadence, studies):
+    ``$MDCTR_STATE``, else ``$XDG_STATE_HOME/mdctr``, else ``~/.local/state/mdctr``."""
+    if os.environ.get("MDCTR_STATE"):
+        return Path(os.environ["MDCTR_STATE"])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "mdctr"
