@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mdctr.core.errors import InputError, RunDirError
+from mdctr.core.errors import RunDirError
 from mdctr.core.io import write_json
 from mdctr.domains.spec import DatasetSpec, load_spec, save_spec
 from mdctr.platform import checkpoint as ckpt
@@ -185,5 +185,5 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, data_dir: Path, spec: Datas
             raise RunDirError("--resume with a config that differs from the run's config.yaml", file=run_dir)
         return
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise InputError("run directory exists and is not empty (use --resume or a new --out)", file=run_dir)
+        raise RunDirError("run directory exists and is not empty (use --resume or a new --out)", file=run_dir)
     create_run_dir(run_dir, cfg, data_dir, spec)

@@ -60,7 +60,7 @@ def test_finetune_list_merge_export(base):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (("--rows", "some"), "rows must be one of ('all', 'cold', 'none'), got 'some'"),
+    (("--rows", "some"), "--rows must be one of all, cold, none, got 'some'"),
     (("--domain", "X"), "domain 'X' is not in the data"),
 ])
 def test_finetune_errors_are_one_line_and_leave_nothing(base, args, fragment):

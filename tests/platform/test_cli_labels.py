@@ -40,7 +40,7 @@ def test_labels_cli(ml_gender, make_config, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "student" / "metrics.json").read_text())["auc"] > 0.7
     for args, fragment in [
-        (("labels", "write", "--teacher", "nowhere", "--data", str(ml_gender)), "not a finished run"),
+        (("labels", "write", "--teacher", "nowhere", "--data", str(ml_gender)), "nowhere: not a run directory"),
         (("labels", "show", "20990101-000000-000000-beef"), "no version '20990101-000000-000000-beef'"),
         (("labels", "gc", "--keep", "-1"), "keep must be >= 0"),
     ]:

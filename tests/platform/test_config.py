@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from mdctr.core.errors import DataContractError
+from mdctr.core.errors import ConfigError
 from mdctr.platform.config import load_train_config
 from mdctr.platform.model import feature_layout
 from mdctr.domains.spec import load_spec
@@ -20,7 +20,7 @@ def test_shipped_movielens_configs_load(name):
 def test_unknown_key_names_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: movielens-100k:gender\nmodel: {tower: mlp, hiden: [8]}\n")
-    with pytest.raises(DataContractError) as err:
+    with pytest.raises(ConfigError) as err:
         load_train_config(bad)
     assert str(bad) in str(err.value) and "model.hiden" in str(err.value)
 
@@ -28,10 +28,10 @@ def test_unknown_key_names_file_and_key(tmp_path):
 def test_invalid_values_are_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: x\nmodel: {tower: transformer}\n")
-    with pytest.raises(DataContractError, match="model.tower"):
+    with pytest.raises(ConfigError, match="model.tower"):
         load_train_config(bad)
     bad.write_text("data: x\ntrain: {epochs: 0}\n")
-    with pytest.raises(DataContractError, match="train.epochs"):
+    with pytest.raises(ConfigError, match="train.epochs"):
         load_train_config(bad)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mdctr.core.errors import DataContractError
+from mdctr.core.errors import DataContractError, RunDirError
 from mdctr.domains.splits import TEST, random_parts
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.run import evaluate, train
@@ -126,14 +126,14 @@ def test_bad_input_leaves_no_run_directory(ml_gender, tmp_path, make_config):
         train(make_config(ml_gender, model={"table_rows": {"nope": 4}}), out)
     assert not out.exists()
     (out / "keep").mkdir(parents=True)
-    with pytest.raises(DataContractError, match="not empty"):
+    with pytest.raises(RunDirError, match="not empty"):
         train(make_config(ml_gender), out)
     assert [p.name for p in out.iterdir()] == ["keep"]
 
 
 def test_resume_with_a_different_config_is_refused(shared_run, ml_gender, make_config):
     out, _ = shared_run
-    with pytest.raises(DataContractError, match="differs"):
+    with pytest.raises(RunDirError, match="differs"):
         train(make_config(ml_gender, train={"seed": 5}), out, resume=True)
 
 
@@ -192,6 +192,7 @@ def test_keep_only_restores_the_best_epochs_weights_from_memory(ml_gender, tmp_p
 
     from mdctr.domains.spec import load_spec
     from mdctr.platform.distributed import launch
+    from mdctr.platform.job import Job
     from mdctr.platform.model import CTRModel, feature_layout
     from mdctr.platform.trainer import Trainer
 
@@ -203,8 +204,9 @@ def test_keep_only_restores_the_best_epochs_weights_from_memory(ml_gender, tmp_p
     def work(rank, world):
         model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
         model.embeddings_frozen = True  # only the tower moves
-        trainer = Trainer(cfg, layout.reader(ml_gender), layout, tmp_path / "ck", progress=False, model=model,
-                          trainable=tower, keep_only=tower)
+        job = Job(cfg, ml_gender, tmp_path / "ck", model=lambda cfg, layout: model, trainable=tower, keep_only=tower,
+                  progress=False)
+        trainer = Trainer(job, layout.reader(ml_gender), layout)
         scores, seen = iter([0.60, 0.90, 0.70, 0.80]), []  # epoch 1 is the best, epoch 3 the last
         real = trainer.evaluate
 
@@ -230,3 +232,31 @@ def test_keep_only_restores_the_best_epochs_weights_from_memory(ml_gender, tmp_p
         assert torch.equal(v, seen[1][k]), k  # the best epoch's weights are back ...
     assert any(not torch.equal(seen[3][k], seen[1][k]) for k in final)  # ... not the last epoch's
     assert not any(p.name.startswith("epoch-") for p in (tmp_path / "ck").iterdir())
+
+
+def test_hooks_see_every_epoch_and_can_stop_training(ml_gender, tmp_path, make_config):
+    """``TrainerHooks.on_epoch_end`` gets each epoch's validation metrics and checkpoint, and
+    returning True stops training there (what an Optuna pruner does); the run still ends on
+    its best epoch."""
+    from mdctr.platform.distributed import launch
+    from mdctr.platform.job import Job, TrainerHooks, run_job
+    from mdctr.platform.outputs import RunOutput
+
+    class Recorder(TrainerHooks):
+        def __init__(self):
+            self.calls = []
+
+        def on_epoch_end(self, epoch, metrics, checkpoint):
+            self.calls.append((epoch, metrics["valid_wauc"], checkpoint is not None and checkpoint.is_dir()))
+            return epoch == 2
+
+    hooks = Recorder()
+    cfg = make_config(ml_gender, train={"epochs": 6, "patience": 6})
+    job = Job(cfg, ml_gender, tmp_path / "ck", validate_start=True, hooks=hooks, progress=False)
+    launch(run_job, 1, job)
+    assert [c[0] for c in hooks.calls] == [0, 1, 2]  # the start, then epochs until the hook said stop
+    assert all(c[2] for c in hooks.calls) and all(0.7 < c[1] < 1 for c in hooks.calls[1:]), hooks.calls
+    state = ckpt.read_state(tmp_path / "ck")
+    assert state.last_epoch == 2 and state.stopped
+    assert [h["valid_wauc"] for h in state.history] == [c[1] for c in hooks.calls]
+    assert state.best_epoch == max(range(3), key=lambda e: hooks.calls[e][1])
