@@ -20,8 +20,11 @@ Shapes (B = rows in the batch, F = sparse + multi-hot fields, D = dense fields):
     Batch.labels      float32 (B,)
     Batch.domain      int64   (B,)   index into dataset.yaml's domain list
     Batch.example_id  int64   (B,)
-    Batch.extra       {name: (B,)}  per-row extras: raw ids of the reader's ``raw_fields``,
-                      and columns joined by batch transforms (e.g. teacher logits)
+    Batch.extra       {field: (B,)}  raw ids of the reader's ``raw_fields`` (for joins by id)
+    Batch.inputs      {name: (B, ...)}  named model inputs joined by batch transforms, passed
+                      to the model (e.g. snapshot history ``history.user.vectors`` (B, K, D))
+    Batch.targets     {name: (B,)}  extra training targets joined by batch transforms, read by
+                      the loss only (e.g. ``teacher_logit``, ``has_teacher``)
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class Batch:
     domain: torch.Tensor
     example_id: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -67,6 +72,8 @@ class Batch:
             domain=self.domain.to(device, non_blocking=non_blocking),
             example_id=self.example_id.to(device, non_blocking=non_blocking),
             extra={k: v.to(device, non_blocking=non_blocking) for k, v in self.extra.items()},
+            inputs={k: v.to(device, non_blocking=non_blocking) for k, v in self.inputs.items()},
+            targets={k: v.to(device, non_blocking=non_blocking) for k, v in self.targets.items()},
         )
 
 
@@ -136,7 +143,7 @@ class DatasetReader:
 
         reader = DatasetReader("data/ml-gender")
         for batch in reader.batches("train", Selection(domains=("F",)), batch_size=4096, seed=0, epoch=0):
-            logits = model(batch.sparse, batch.dense)
+            logits = model(batch.sparse, batch.dense, batch.domain, batch.inputs)
     """
 
     def __init__(self, directory: str | Path, *, table_sizes: dict[str, int] | None = None,

@@ -1,18 +1,20 @@
 """Student distillation from the teacher-label store (Khani et al., RecSys 2024).
 
 - :class:`TeacherJoin` (a batch transform) looks each batch's ``example_id`` up in a label
-  version as batches stream and sets ``batch.extra["teacher_logit"]`` and
-  ``batch.extra["has_teacher"]``; nothing is loaded into per-row Python objects.
-- :class:`AuxHeadCTRModel` adds an auxiliary head on the tower's last hidden layer. In
-  training it returns ``(B, 2)``: the served logit and the auxiliary logit; in eval mode
-  only the served logit ``(B,)``, so metrics and serving never see the auxiliary head.
-- :func:`distill_loss` is the loss of either mode (see :class:`DistillConfig`).
+  version as batches stream and sets the training targets ``batch.targets["teacher_logit"]``
+  and ``batch.targets["has_teacher"]``; nothing is loaded into per-row Python objects.
+- :class:`AuxHeadCTRModel` adds an auxiliary head on the tower's last hidden layer
+  (:class:`~mdctr.platform.towers.Tower`'s ``return_hidden``). In training and in eval it
+  returns :class:`StudentLogits` ``(served, aux)``; metrics, evaluation and serving read
+  :func:`served_logits` only, so they never see the auxiliary head.
+- :class:`DistillLoss` is the loss of either mode (see :class:`DistillConfig`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,29 +35,33 @@ class TeacherJoin:
 
     def __call__(self, batch: Batch) -> Batch:
         logits, found = self.labels.lookup(batch.example_id.numpy())
-        extra = dict(batch.extra, teacher_logit=torch.from_numpy(logits), has_teacher=torch.from_numpy(found))
-        return dataclasses.replace(batch, extra=extra)
+        targets = dict(batch.targets, teacher_logit=torch.from_numpy(logits), has_teacher=torch.from_numpy(found))
+        return dataclasses.replace(batch, targets=targets)
+
+
+class StudentLogits(NamedTuple):
+    """A distillation student's output, in training and in eval alike."""
+
+    served: torch.Tensor  # (B,) the logit metrics and serving use
+    aux: torch.Tensor  # (B,) the auxiliary head's logit (learns the teacher's soft label)
+
+
+def served_logits(output: torch.Tensor | StudentLogits) -> torch.Tensor:
+    """The served logit of any model's output."""
+    return output.served if isinstance(output, StudentLogits) else output
 
 
 class AuxHeadCTRModel(CTRModel):
-    """:class:`CTRModel` with an auxiliary logit head next to the tower's output head."""
+    """:class:`CTRModel` with an auxiliary logit head on the tower's last hidden layer."""
 
     def __init__(self, layout: FeatureLayout, cfg: ModelConfig, device: torch.device | str = "meta", seed: int = 0):
         super().__init__(layout, cfg, device=device, seed=seed)
-        head = self.tower.mlp.head
-        self.aux_head = nn.Linear(head.in_features, 1)
-        self._hidden: torch.Tensor | None = None
-        head.register_forward_pre_hook(self._keep_hidden)
+        self.aux_head = nn.Linear(self.tower.mlp.head.in_features, 1)
 
-    def _keep_hidden(self, module: nn.Module, args: tuple) -> None:
-        self._hidden = args[0]
-
-    def forward(self, sparse, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        logit = super().forward(sparse, dense, domain)
-        hidden, self._hidden = self._hidden, None
-        if not self.training:
-            return logit
-        return torch.stack([logit, self.aux_head(hidden).squeeze(-1)], dim=1)
+    def forward(self, sparse, dense: torch.Tensor, domain: torch.Tensor,
+                inputs: dict[str, torch.Tensor] | None = None) -> StudentLogits:
+        logit, hidden = self.head(self.pooled(sparse, domain), dense, return_hidden=True)
+        return StudentLogits(logit, self.aux_head(hidden).squeeze(-1))
 
 
 def build_student(layout: FeatureLayout, cfg: ModelConfig, distill: DistillConfig | None, seed: int) -> CTRModel:
@@ -93,13 +99,14 @@ class DistillLoss:
 
     cfg: DistillConfig
 
-    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def __call__(self, output: torch.Tensor | StudentLogits, batch: Batch) -> torch.Tensor:
         cfg = self.cfg
-        has = batch.extra["has_teacher"].to(logits.dtype)
-        soft = torch.sigmoid(batch.extra["teacher_logit"].to(logits.dtype) / cfg.temperature)
+        logits = served_logits(output)
+        has = batch.targets["has_teacher"].to(logits.dtype)
+        soft = torch.sigmoid(batch.targets["teacher_logit"].to(logits.dtype) / cfg.temperature)
         if cfg.mode == "aux":
-            hard = F.binary_cross_entropy_with_logits(logits[:, 0], batch.labels)
-            aux = F.binary_cross_entropy_with_logits(logits[:, 1], soft, reduction="none")
+            hard = F.binary_cross_entropy_with_logits(logits, batch.labels)
+            aux = F.binary_cross_entropy_with_logits(output.aux, soft, reduction="none")
             return hard + cfg.weight * (aux * has).sum() / has.sum().clamp(min=1.0)
         target = batch.labels + has * cfg.weight * (soft - batch.labels)
         return F.binary_cross_entropy_with_logits(logits, target)

@@ -2,15 +2,16 @@
 
 For each example and each entity (user, item) the model receives the entity's vectors from
 the last K snapshots of an :class:`~mdctr.platform.stores.embeddings.EmbeddingStore`.
-:class:`SnapshotJoin` looks them up by raw id as batches stream and appends them to the
-batch's dense tensor; :class:`HistoryCTRModel` splits them off again, replaces missing
-vectors (ids a snapshot never saw, or fewer than K snapshots) by a learned default, runs a
-small self-attention over the K vectors, mean-pools them and feeds the result to the tower
-next to the pooled embeddings.
+:class:`SnapshotJoin` looks them up by raw id as batches stream and puts them into the
+batch's named model inputs; :class:`HistoryCTRModel` replaces missing vectors (ids a
+snapshot never saw, or fewer than K snapshots) by a learned default, runs a small
+self-attention over the K vectors, mean-pools them and feeds the result to the tower next
+to the pooled embeddings and the data's dense features.
 
-Dense layout after the join (B rows, E entities, K snapshots, D snapshot dim)::
+Named inputs after the join (B rows, K snapshots, D snapshot dim), for each entity E::
 
-    [ data dense (B, dense_dim) | for each entity: vectors (B, K*D), found (B, K) ]
+    batch.inputs["history.E.vectors"]   float32 (B, K, D)
+    batch.inputs["history.E.found"]     float32 (B, K)    1 where the snapshot had the id
 """
 
 from __future__ import annotations
@@ -38,10 +39,6 @@ class HistorySpec:
     dim: int
     heads: int = 2
 
-    @property
-    def width(self) -> int:
-        return len(self.entities) * self.k * (self.dim + 1)
-
     def to_dict(self) -> dict:
         return {"entities": dict(self.entities), "k": self.k, "dim": self.dim, "heads": self.heads}
 
@@ -50,21 +47,29 @@ class HistorySpec:
         return cls(dict(raw["entities"]), int(raw["k"]), int(raw["dim"]), int(raw.get("heads", 2)))
 
 
+def vectors_key(entity: str) -> str:
+    return f"history.{entity}.vectors"
+
+
+def found_key(entity: str) -> str:
+    return f"history.{entity}.found"
+
+
 class SnapshotJoin:
-    """Batch transform: append the last-K snapshot vectors of each entity to ``batch.dense``.
+    """Batch transform: the last-K snapshot vectors of each entity, as named model inputs.
 
     ``months`` (oldest first, at most ``spec.k``) are the snapshots to use; missing slots
-    (fewer months than K) are left unfound. ``dense_dim`` data dense columns are kept.
+    (fewer months than K) are left unfound.
     """
 
-    def __init__(self, store: EmbeddingStore, months: list[str], spec: HistorySpec, dense_dim: int):
+    def __init__(self, store: EmbeddingStore, months: list[str], spec: HistorySpec):
         if len(months) > spec.k:
             raise ValueError(f"{len(months)} snapshot months for {spec.k} slots")
-        self.store, self.months, self.spec, self.dense_dim = store, list(months), spec, dense_dim
+        self.store, self.months, self.spec = store, list(months), spec
 
     def __call__(self, batch: Batch) -> Batch:
         b, k, d = len(batch), self.spec.k, self.spec.dim
-        parts = [batch.dense[:, : self.dense_dim].numpy()]
+        inputs = dict(batch.inputs)
         offset = k - len(self.months)  # the newest snapshot always sits in the last slot
         for entity, field in self.spec.entities.items():
             ids = batch.extra[field].numpy()
@@ -73,9 +78,9 @@ class SnapshotJoin:
             for j, month in enumerate(self.months):
                 vectors[:, offset + j], hit = self.store.lookup(month, entity, ids)
                 found[:, offset + j] = hit
-            parts += [vectors.reshape(b, k * d), found]
-        dense = torch.from_numpy(np.concatenate(parts, axis=1))
-        return dataclasses.replace(batch, dense=dense)
+            inputs[vectors_key(entity)] = torch.from_numpy(vectors)
+            inputs[found_key(entity)] = torch.from_numpy(found)
+        return dataclasses.replace(batch, inputs=inputs)
 
 
 class HistoryPooling(nn.Module):
@@ -110,16 +115,14 @@ class HistoryCTRModel(CTRModel):
         self.data_dense = layout.dense_dim
         self.pool = nn.ModuleDict({e: HistoryPooling(history.k, history.dim, history.heads) for e in history.entities})
 
-    def forward(self, sparse, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    def forward(self, sparse, dense: torch.Tensor, domain: torch.Tensor,
+                inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if inputs is None or vectors_key(next(iter(self.history.entities))) not in inputs:
+            raise ValueError("HistoryCTRModel needs the batch's snapshot history (a SnapshotJoin transform)")
         emb = self.pooled(sparse, domain)
-        k, d = self.history.k, self.history.dim
         parts = [dense[:, : self.data_dense]]
-        o = self.data_dense
         for entity in self.history.entities:
-            vectors = dense[:, o: o + k * d].view(-1, k, d)
-            found = dense[:, o + k * d: o + k * d + k]
-            parts.append(self.pool[entity](vectors, found))
-            o += k * (d + 1)
+            parts.append(self.pool[entity](inputs[vectors_key(entity)], inputs[found_key(entity)]))
         return self.head(emb, torch.cat(parts, dim=1))
 
 
@@ -147,4 +150,4 @@ class SnapshotInput:
         return tuple(self.history.entities.values())
 
     def __call__(self, layout: FeatureLayout) -> SnapshotJoin:
-        return SnapshotJoin(EmbeddingStore(self.store), list(self.months), self.history, layout.dense_dim)
+        return SnapshotJoin(EmbeddingStore(self.store), list(self.months), self.history)

@@ -116,8 +116,10 @@ class CTRModel(nn.Module):
         device: where the tables live before sharding (``meta``: DMP materialises them).
         seed: seeds the tables' initialisation (:class:`SeededUniformInit`).
 
-    ``forward(sparse, dense, domain)``: ``sparse`` a KeyedJaggedTensor with the reader's keys
-    (stride B), ``dense`` float (B, dense_dim), ``domain`` int64 (B,) -> logits (B,).
+    ``forward(sparse, dense, domain, inputs=None)``: ``sparse`` a KeyedJaggedTensor with the
+    reader's keys (stride B), ``dense`` float (B, dense_dim), ``domain`` int64 (B,), ``inputs``
+    the batch's named model inputs (``Batch.inputs``; models that need none ignore them) ->
+    logits (B,).
     """
 
     def __init__(self, layout: FeatureLayout, cfg: ModelConfig, device: torch.device | str = "meta", seed: int = 0):
@@ -147,11 +149,13 @@ class CTRModel(nn.Module):
                 return self.ebc(sparse).values()
         return self.ebc(sparse).values()
 
-    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor, domain: torch.Tensor,
+                inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         emb = self.pooled(sparse, domain)
         return self.head(emb, dense)
 
-    def head(self, emb: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """The dense side: tower over [pooled embeddings, dense features] -> logits (B,)."""
+    def head(self, emb: torch.Tensor, dense: torch.Tensor, return_hidden: bool = False):
+        """The dense side: tower over [pooled embeddings, dense features] -> logits (B,)
+        (and the tower's last hidden layer with ``return_hidden``)."""
         x = torch.cat([emb, dense], dim=1) if self.layout.dense_dim else emb
-        return self.tower(x, emb.view(emb.shape[0], self.num_fields, self.embedding_dim))
+        return self.tower(x, emb.view(emb.shape[0], self.num_fields, self.embedding_dim), return_hidden=return_hidden)

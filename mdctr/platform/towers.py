@@ -1,22 +1,27 @@
 """Towers: what sits on the pooled embeddings and dense features and returns one logit.
 
-Shapes (B = batch, F = embedding fields, D = embedding dim, N = F * D + dense features)::
+Shapes (B = batch, F = embedding fields, D = embedding dim, N = F * D + dense features,
+H = the MLP's last hidden width)::
 
     tower(x: (B, N), emb: (B, F, D)) -> logits (B,)
+    tower(x, emb, return_hidden=True) -> (logits (B,), hidden (B, H))
 
-Every tower ends in an :class:`MLP` whose hidden ``nn.Linear`` layers are
-``tower.mlp.layers``; per-domain adapters (``mdctr.adapters``) attach there without the
-tower knowing. Towers are chosen by name from :data:`TOWERS`.
+What a tower must offer is written down in :class:`Tower`. Towers are chosen by name from
+:data:`TOWERS`.
 
 >>> import torch
 >>> t = build_tower("dcnv2", in_features=12, num_fields=3, embedding_dim=4, hidden=[8, 4])
 >>> t(torch.randn(5, 12), torch.randn(5, 3, 4)).shape
 torch.Size([5])
+>>> logits, hidden = t(torch.randn(5, 12), torch.randn(5, 3, 4), return_hidden=True)
+>>> hidden.shape, isinstance(t, Tower)
+(torch.Size([5, 4]), True)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -36,10 +41,29 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(dims[-1], 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
         for layer in self.layers:
             x = self.dropout(self.act(layer(x)))
-        return self.head(x).squeeze(-1)
+        logits = self.head(x).squeeze(-1)
+        return (logits, x) if return_hidden else logits
+
+
+@runtime_checkable
+class Tower(Protocol):
+    """What every tower offers the rest of mdctr.
+
+    - ``mlp``: an :class:`MLP` whose hidden ``nn.Linear`` layers (``mlp.layers``) are where
+      per-domain adapters attach (``mdctr.adapters`` swaps them for adapted layers without
+      the tower knowing) and whose ``mlp.head`` maps the last hidden layer to the logit.
+    - ``forward(x, emb, return_hidden=False)``: logits (B,), or with ``return_hidden`` also
+      the MLP's last hidden layer (B, H), on which a distillation student puts its
+      auxiliary head. Callers call the tower module (``tower(...)``), never a method of it,
+      so forward hooks on the tower (the adapters' own embedding rows) always run.
+    """
+
+    mlp: MLP
+
+    def __call__(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False): ...
 
 
 class MLPTower(nn.Module):
@@ -48,8 +72,8 @@ class MLPTower(nn.Module):
         super().__init__()
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False):
+        return self.mlp(x, return_hidden)
 
 
 class DCNv2Tower(nn.Module):
@@ -61,8 +85,8 @@ class DCNv2Tower(nn.Module):
         self.cross = LowRankCrossNet(in_features, num_layers=cross_layers, low_rank=min(cross_rank, in_features))
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.cross(x))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False):
+        return self.mlp(self.cross(x), return_hidden)
 
 
 class DeepFMTower(nn.Module):
@@ -74,14 +98,17 @@ class DeepFMTower(nn.Module):
         self.linear = nn.Linear(in_features, 1)
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False):
         square_of_sum = emb.sum(dim=1).pow(2)
         sum_of_square = emb.pow(2).sum(dim=1)
         fm = 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
-        return self.linear(x).squeeze(-1) + fm + self.mlp(x)
+        deep, hidden = self.mlp(x, True)
+        logits = self.linear(x).squeeze(-1) + fm + deep
+        return (logits, hidden) if return_hidden else logits
 
 
 TOWERS: dict[str, type[nn.Module]] = {"mlp": MLPTower, "dcnv2": DCNv2Tower, "deepfm": DeepFMTower}
+"""Every entry builds a :class:`Tower`."""
 
 
 def build_tower(name: str, **kwargs) -> nn.Module:

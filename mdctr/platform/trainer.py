@@ -28,6 +28,7 @@ from mdctr.core.errors import RunDirError
 from mdctr.domains.batching import Batch, DatasetReader, prefetch
 from mdctr.domains.selection import Selection
 from mdctr.platform import checkpoint as ckpt
+from mdctr.platform.distill import served_logits
 from mdctr.platform.distributed import dense_optimizer, shard, table_param_names
 from mdctr.platform.metrics import compute_metrics
 from mdctr.platform.job import Job, TrainerHooks
@@ -36,8 +37,8 @@ from mdctr.platform.model import FeatureLayout
 log = logging.getLogger("mdctr.train")
 
 
-def bce_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, batch.labels)
+def bce_loss(output: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(served_logits(output), batch.labels)
 
 
 class Predictions(NamedTuple):
@@ -144,8 +145,8 @@ class Trainer:
         params = list(self.dense_params.values())
         for batch in bar:
             batch = batch.to(self.device, non_blocking=True)
-            logits = self.model(batch.sparse, batch.dense, self._model_domain(batch.domain))
-            loss = self.loss_fn(logits, batch)
+            output = self.model(batch.sparse, batch.dense, self._model_domain(batch.domain), batch.inputs)
+            loss = self.loss_fn(output, batch)
             self.dense_opt.zero_grad(set_to_none=True)
             loss.backward()  # the fused optimizer updates the tables here
             if clip:
@@ -166,11 +167,11 @@ class Trainer:
         spare: Batch | None = None
         for batch in prefetch(self._transformed(it), self.cfg.train.prefetch):
             if len(batch) == 0 and spare is not None:  # keep collectives in step across ranks
-                self.model(spare.sparse, spare.dense, spare.domain)
+                self.model(spare.sparse, spare.dense, spare.domain, spare.inputs)
                 continue
             dom = self._model_domain(batch.domain)
             b = batch.to(self.device)
-            logits = self.model(b.sparse, b.dense, dom.to(self.device)).float().cpu()
+            logits = served_logits(self.model(b.sparse, b.dense, dom.to(self.device), b.inputs)).float().cpu()
             outs.append((logits, batch.labels, batch.domain, batch.example_id))
             spare = b
         empty = (torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))

@@ -23,14 +23,17 @@ def test_join_places_the_newest_snapshot_last_and_marks_unknown_ids(tmp_path):
         store.write(month, {"user": (np.array([1, 2]), np.full((2, 4), m + 1.0)),
                             "item": (np.array([7]), np.full((1, 4), 10.0 + m))})
     spec = HistorySpec({"user": "user_id", "item": "item_id"}, k=3, dim=4)
-    out = SnapshotJoin(store, ["1997-11", "1997-12"], spec, dense_dim=2)(_batch([1, 9], [7, 7]))
-    assert out.dense.shape == (2, 2 + spec.width)
-    torch.testing.assert_close(out.dense[:, :2], torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
-    user = out.dense[:, 2:2 + 12].view(2, 3, 4)
-    user_found = out.dense[:, 14:17]
+    batch = _batch([1, 9], [7, 7])
+    out = SnapshotJoin(store, ["1997-11", "1997-12"], spec)(batch)
+    # named model inputs; the data's dense features are untouched
+    assert set(out.inputs) == {"history.user.vectors", "history.user.found", "history.item.vectors",
+                               "history.item.found"}
+    assert out.dense is batch.dense and not batch.inputs
+    user, user_found = out.inputs["history.user.vectors"], out.inputs["history.user.found"]
+    assert user.shape == (2, 3, 4) and user_found.shape == (2, 3)
     torch.testing.assert_close(user[0, :, 0], torch.tensor([0.0, 1.0, 2.0]))  # empty slot, Nov, Dec
     torch.testing.assert_close(user_found, torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))  # user 9 unknown
-    item = out.dense[:, 17:29].view(2, 3, 4)
+    item = out.inputs["history.item.vectors"]
     torch.testing.assert_close(item[1, :, 0], torch.tensor([0.0, 10.0, 11.0]))
 
 

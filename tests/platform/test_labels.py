@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mdctr.domains.batching import Batch
 from mdctr.domains.spec import load_spec
 from mdctr.platform.config import DistillConfig
-from mdctr.platform.distill import AuxHeadCTRModel, TeacherJoin, distill_loss
+from mdctr.platform.distill import AuxHeadCTRModel, StudentLogits, TeacherJoin, distill_loss, served_logits
 from mdctr.platform.labelling import write_labels
 from mdctr.platform.model import feature_layout
 from mdctr.platform.run import evaluate, train
@@ -127,10 +127,11 @@ def test_join_and_losses(tmp_path):
     store.write([pa.table({"example_id": np.array([10, 11], np.int64), "teacher_logit": np.array([2.0, -1.0], np.float32),
                            "domain": ["F", "F"], "ts": np.zeros(2, np.int64)})], {})
     batch = TeacherJoin(store.reader())(_batch([1.0, 0.0, 1.0], [10, 11, 12]))
-    torch.testing.assert_close(batch.extra["teacher_logit"], torch.tensor([2.0, -1.0, 0.0]))
-    assert batch.extra["has_teacher"].tolist() == [True, True, False]
+    torch.testing.assert_close(batch.targets["teacher_logit"], torch.tensor([2.0, -1.0, 0.0]))
+    assert batch.targets["has_teacher"].tolist() == [True, True, False]
     logits = torch.tensor([[0.3, -0.2], [0.1, 0.5], [-0.4, 2.0]])
-    aux = distill_loss(DistillConfig(mode="aux", weight=0.7, temperature=2.0))(logits, batch)
+    aux = distill_loss(DistillConfig(mode="aux", weight=0.7, temperature=2.0))(StudentLogits(logits[:, 0], logits[:, 1]),
+                                                                                 batch)
     soft = torch.sigmoid(torch.tensor([2.0, -1.0]) / 2.0)
     want = (F.binary_cross_entropy_with_logits(logits[:, 0], batch.labels)
             + 0.7 * F.binary_cross_entropy_with_logits(logits[:2, 1], soft))  # row 3 has no teacher label
@@ -158,15 +159,22 @@ def test_teacher_labels_then_student(ml_gender, make_config, tmp_path):
     # evaluate rebuilds the student (with its auxiliary head) and scores the served head
     again = evaluate(tmp_path / "student", ml_gender, split="test")
     assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
-    # the served (eval) output is the hard head alone; training adds the auxiliary logit
+    # one output type in training and eval: the served logit and the auxiliary one, which
+    # sits on the tower's last hidden layer; metrics read the served logit only
     layout = feature_layout(load_spec(ml_gender), student.model, student.baseline)
     m = AuxHeadCTRModel(layout, student.model, device="cpu")
     batch = next(layout.reader(ml_gender).batches("test", batch_size=64, shuffle=False))
-    both = m.train()(batch.sparse, batch.dense, batch.domain)
+    trained = m.train()(batch.sparse, batch.dense, batch.domain)
     served = m.eval()(batch.sparse, batch.dense, batch.domain)
-    assert both.shape == (64, 2) and served.shape == (64,)
-    torch.testing.assert_close(served, both[:, 0])
-    assert not torch.allclose(both[:, 0], both[:, 1])
+    assert isinstance(trained, StudentLogits) and isinstance(served, StudentLogits)
+    assert served.served.shape == served.aux.shape == (64,)
+    torch.testing.assert_close(served.served, trained.served)  # no dropout: the same in both modes
+    torch.testing.assert_close(served_logits(served), served.served)
+    assert not torch.allclose(served.served, served.aux)
+    _, hidden = m.tower(torch.cat([m.pooled(batch.sparse, batch.domain), batch.dense], 1),
+                        m.pooled(batch.sparse, batch.domain).view(64, -1, student.model.embedding_dim),
+                        return_hidden=True)
+    torch.testing.assert_close(served.aux, m.aux_head(hidden).squeeze(-1))
 
 
 def test_labels_of_another_dataset_are_refused(ml_gender, make_config, tmp_path):
