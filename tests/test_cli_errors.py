@@ -53,6 +53,28 @@ def test_bad_option_value_names_the_flag(tmp_path, capsys):
     assert one_line(capsys.readouterr().err) == "mdctr: error: --split must be train, valid, test or all, got 'nope'"
 
 
+@pytest.mark.parametrize("args, names, fragment", [
+    (["labels", "show", "nonexistent", "--store", "{store}"], "{store}", "no version 'nonexistent'"),
+    (["labels", "show", "latest", "--store", "{store}"], "{store}", "no teacher-label version"),
+    (["labels", "gc", "--keep", "-1", "--store", "{store}"], "--keep", "must be >= 0, got -1"),
+    (["labels", "list", "--store", "{embeddings}"], "{embeddings}/manifest.json", "not a teacher-labels store"),
+    (["data", "validate", "{missing}"], "{missing}", "not a dataset directory"),
+    (["data", "prepare", "movielens-100k", "--split", "nope", "--out", "{store}"], "--split", "got 'nope'"),
+], ids=["labels-show-unknown", "labels-show-empty", "labels-gc-keep", "labels-wrong-store", "data-validate",
+        "data-prepare-split"])
+def test_user_errors_are_one_line(tmp_path, capsys, args, names, fragment):
+    """Bad input anywhere below the CLI: status 2 and one line naming the file or flag."""
+    paths = {"store": tmp_path / "store", "embeddings": tmp_path / "embeddings", "missing": tmp_path / "nonexistent"}
+    paths["embeddings"].mkdir()
+    (paths["embeddings"] / "manifest.json").write_text(
+        '{"format": "mdctr-store/1", "kind": "tpm-embeddings", "versions": []}')
+    assert main([a.format(**paths) for a in args]) == 2
+    err = capsys.readouterr().err
+    line = one_line(err)
+    assert line.startswith("mdctr: error: ") and names.format(**paths) in line and fragment in line, line
+    assert "Traceback" not in err and not paths["store"].exists()
+
+
 @pytest.mark.parametrize("exc", [RuntimeError, ValueError, FileNotFoundError])
 def test_a_bug_propagates(monkeypatch, tmp_path, capsys, exc):
     import mdctr.domains.validate

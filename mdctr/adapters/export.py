@@ -1,11 +1,18 @@
 """Inference artifacts that load without mdctr: TorchScript + a JSON sidecar.
 
 ``mdctr adapters export --run RUN [--domain NAME] --out DIR`` writes ``DIR/model.pt``
-(``torch.jit.load`` it anywhere torch runs) and ``DIR/model.json`` (input layout). The
-scripted module takes the batch in TorchRec's key-major jagged layout::
+(``torch.jit.load`` it anywhere torch runs) and ``DIR/model.json`` (input layout). RUN is
+any run directory or pipeline stage version. The scripted module takes the batch in
+TorchRec's key-major jagged layout::
 
     forward(values: int64 (sum of lengths,), lengths: int64 (F * B,), dense: float32 (B, D),
             domain: int64 (B,)) -> logits (B,)
+
+E-CDCTR models (stage versions with TPM snapshot history) also take the user's and item's
+last K snapshot vectors, as ``SnapshotJoin`` looks them up (``model.json["history"]``)::
+
+    forward(values, lengths, dense, domain, history_vectors: float32 (B, E, K, D),
+            history_found: float32 (B, E, K)) -> logits (B,)
 
 keys in ``model.json["keys"]`` order, raw ids (mapped to table rows inside the module by
 mdctr's rule: ``id`` if ``id < rows`` else ``splitmix64(id) % rows``), domain indices into
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -32,6 +39,7 @@ from mdctr.adapters.run import AdapterRunDir
 from mdctr.core.errors import ArtifactError, ConfigError
 from mdctr.core.io import atomic_dir, check_output
 from mdctr.platform import checkpoint as ckpt
+from mdctr.platform.history import HistoryPooling, HistorySpec
 from mdctr.platform.model import FeatureLayout, table_entry
 from mdctr.platform.towers import MLP, build_tower
 
@@ -89,12 +97,16 @@ class RoutedMLP(nn.Module):
 
 class InferenceModel(nn.Module):
     """``rows``: (key index, domain index, sorted rows, vectors) of adapters' own embedding rows
-    (:mod:`mdctr.adapters.rows`), added to that domain's pooled embeddings."""
+    (:mod:`mdctr.adapters.rows`), added to that domain's pooled embeddings. ``pools``: one
+    :class:`~mdctr.platform.history.HistoryPooling` per snapshot-history entity (E-CDCTR
+    models), fed by ``history_vectors`` (B, E, K, D) and ``history_found`` (B, E, K)."""
 
     def __init__(self, layout: FeatureLayout, tables: list[torch.Tensor], tower: nn.Module,
                  routed: RoutedMLP | None, modes: list[str],
-                 rows: list[tuple[int, int, torch.Tensor, torch.Tensor]] = ()):
+                 rows: list[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
+                 pools: list[HistoryPooling] = ()):
         super().__init__()
+        self.pools = nn.ModuleList(pools)
         # typed for TorchScript, which cannot infer the element type of an empty list
         self.row_key = torch.jit.Attribute([c[0] for c in rows], List[int])
         self.row_domain = torch.jit.Attribute([c[1] for c in rows], List[int])
@@ -115,8 +127,9 @@ class InferenceModel(nn.Module):
         return pool_rows(self.row_ids[j], self.row_vecs[j], ids, lengths, domain == self.row_domain[j],
                             self.mean[i])
 
-    def forward(self, values: torch.Tensor, lengths: torch.Tensor, dense: torch.Tensor,
-                domain: torch.Tensor) -> torch.Tensor:
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor, dense: torch.Tensor, domain: torch.Tensor,
+                history_vectors: Optional[torch.Tensor] = None,
+                history_found: Optional[torch.Tensor] = None) -> torch.Tensor:
         b = domain.shape[0]
         lengths = lengths.view(self.num_fields, b)
         per_key = lengths.sum(1)
@@ -133,7 +146,13 @@ class InferenceModel(nn.Module):
             pooled.append(out)
             start += n
         emb = torch.cat(pooled, dim=1)
-        x = torch.cat([emb, dense], dim=1) if self.dense_dim > 0 else emb
+        parts = [emb, dense] if self.dense_dim > 0 else [emb]
+        if len(self.pools) > 0:
+            if history_vectors is None or history_found is None:
+                raise ValueError("this model needs history_vectors (B, E, K, D) and history_found (B, E, K)")
+            for e, pool in enumerate(self.pools):
+                parts.append(pool(history_vectors[:, e], history_found[:, e]))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else emb
         if self.routed is not None:
             return self.routed(x, domain)
         return self.tower(x, emb.view(b, self.num_fields, self.dim))
@@ -159,10 +178,14 @@ def _adapter_weights(state: dict, extra: list[tuple[dict, dict]], domains: list[
 def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[Path] = ()) -> tuple[InferenceModel, dict]:
     run = AdapterRunDir(run_dir)
     cfg, spec, layout = run.config, run.spec, run.layout()
-    if "history" in run.model_info:
-        raise ArtifactError("exporting a model with TPM snapshot-history inputs is not supported yet "
-                            "(export a version of a pipeline with actr.use_tpm: false)", file=run_dir)
     state = ckpt.read_entries(run.best_checkpoint())
+    history = HistorySpec.from_dict(run.model_info["history"]) if "history" in run.model_info else None
+    pools = []
+    for entity in (history.entities if history is not None else {}):
+        pool = HistoryPooling(history.k, history.dim, history.heads)
+        prefix = f"pool.{entity}."
+        pool.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        pools.append(pool.eval())
     extra = []
     for a in adapters:
         tensors, meta = read_adapter(a)
@@ -179,7 +202,9 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
                 learned.append((layout.keys.index(f), domains.index(m["domain"]), rows, tensors[f"rows.{f}.weight"].float()))
             elif m["domain"] == domain:  # single-domain artifact: fold the rows into its own tables
                 tables[layout.keys.index(f)][rows] += tensors[f"rows.{f}.weight"].float()
-    tower = build_tower(cfg.model.tower, in_features=len(layout.keys) * cfg.model.embedding_dim + layout.dense_dim,
+    history_width = 0 if history is None else len(history.entities) * history.dim
+    tower = build_tower(cfg.model.tower, in_features=len(layout.keys) * cfg.model.embedding_dim + layout.dense_dim
+                        + history_width,
                         num_fields=len(layout.keys), embedding_dim=cfg.model.embedding_dim, hidden=cfg.model.hidden,
                         activation=cfg.model.activation, dropout=0.0, cross_layers=cfg.model.cross_layers,
                         cross_rank=cfg.model.cross_rank)
@@ -215,12 +240,16 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
                     bias_d[j] = bb
             layers.append(RoutedLinear(layer.weight.detach(), layer.bias.detach(), a, b, bias_d, r))
         routed = RoutedMLP(tower.mlp, layers)
-    model = InferenceModel(layout, tables, tower, routed, modes, learned).eval()
+    model = InferenceModel(layout, tables, tower, routed, modes, learned, pools).eval()
     meta = {"format": "mdctr-inference/1", "keys": layout.keys, "table_rows": [layout.rows[k] for k in layout.keys],
             "dense": [f.name for f in spec.dense_fields], "domains": domains, "domain": domain,
             "tower": cfg.model.tower, "inputs": "values, lengths (key-major jagged), dense, domain",
             "run": run.run_id,
             "adapters": [str(a) for a in adapters]}
+    if history is not None:  # E-CDCTR: the user's and item's last K snapshot vectors come in too
+        meta["inputs"] += ", history_vectors (B, E, K, D), history_found (B, E, K)"
+        meta["history"] = {"entities": history.entities, "k": history.k, "dim": history.dim,
+                           "snapshots": run.model_info.get("snapshots")}
     return model, meta
 
 

@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mdctr.core.errors import DataContractError
+from mdctr.core.errors import ArtifactError, DataContractError
 from mdctr.platform.run import run_identity
 from mdctr.core.io import atomic_dir
 
@@ -46,10 +47,18 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
     meta_path = adapter_dir / META
     if not meta_path.exists() or not (adapter_dir / WEIGHTS).exists():
         raise DataContractError(f"not an adapter directory (needs {WEIGHTS} and {META})", file=adapter_dir)
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise DataContractError(f"unknown adapter format {meta.get('format')!r}", file=meta_path)
-    return load_file(str(adapter_dir / WEIGHTS)), meta
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"unreadable adapter metadata ({exc.__class__.__name__})", file=meta_path) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise DataContractError(f"unknown adapter format {fmt!r}", file=meta_path)
+    try:
+        tensors = load_file(str(adapter_dir / WEIGHTS))
+    except SafetensorError as exc:
+        raise ArtifactError(f"unreadable adapter weights ({exc})", file=adapter_dir / WEIGHTS) from None
+    return tensors, meta
 
 
 def check_backbone(meta: dict, run_dir: str | Path, adapter_dir: str | Path) -> None:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from mdctr.adapters import grouped
+from mdctr.core.errors import ArtifactError, ConfigError
 
 
 @dataclass
@@ -291,7 +292,7 @@ class MLoRALinear(nn.Linear):
         domains = list(domains)
         for i, d in enumerate(domains):
             if d in self.slots or d in domains[:i]:
-                raise ValueError(f"domain '{d}' already has an adapter")
+                raise ConfigError(f"domain '{d}' already has an adapter")
         if not domains:
             return
         r = self.rank_for(self.out_features, alpha, rank)
@@ -383,7 +384,7 @@ class MLoRALinear(nn.Linear):
         new_w = self.weight + delta_w
         new_b = self.bias + self.lora_bias[domain]
         if not (torch.isfinite(new_w).all() and torch.isfinite(new_b).all()):
-            raise ValueError(f"merging domain '{domain}' gives non-finite weights; adapter left unmerged")
+            raise ArtifactError(f"merging domain '{domain}' gives non-finite weights; adapter left unmerged")
         self._saved = (self.weight.detach().clone(), self.bias.detach().clone())
         self.weight.copy_(new_w)
         self.bias.copy_(new_b)

@@ -118,9 +118,14 @@ def adapted_model(run: AdapterRunDir, extra: list[Path] = (), *, new_domain: str
     own = tuple(cfg.train.domains or run.spec.domain_names) if mlora else ()
     if new_domain is not None and new_domain in own:
         raise ConfigError(f"domain '{new_domain}' already has an adapter in {run.path}")
+    seen: dict[str, Path] = {}
     for adapter_dir in extra:
         _, meta = read_adapter(adapter_dir)
         check_backbone(meta, run.path, adapter_dir)
+        d = meta["domain"]
+        if d in seen:
+            raise ConfigError(f"adapter for domain '{d}' is passed twice (also {seen[d]})", file=adapter_dir)
+        seen[d] = Path(adapter_dir)
     return AdaptedModel(run.base_model_builder(), own, alpha or (cfg.adapters.alpha if mlora else DEFAULT_ALPHA),
                         lora_rank or (cfg.adapters.rank if mlora else None), tuple(Path(a) for a in extra),
                         new_domain, cfg.train.seed if seed is None else seed, dict(new_rows or {}))

@@ -65,7 +65,10 @@ def labels_show(version: str = typer.Argument(..., help="Version name or 'latest
 @app.command("gc")
 def labels_gc(keep: int = typer.Option(..., "--keep", help="Versions to keep (newest)."), store: str = StoreOpt) -> None:
     """Delete all but the newest KEEP versions (and files of crashed writers)."""
+    from mdctr.core.errors import ConfigError
     from mdctr.platform.stores.labels import TeacherLabelStore
 
+    if keep < 0:
+        raise ConfigError(f"--keep must be >= 0, got {keep}")
     removed = TeacherLabelStore(store).gc(keep)
     typer.echo(f"removed {len(removed)} version(s)" + (f": {', '.join(removed)}" if removed else ""))

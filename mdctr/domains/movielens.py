@@ -26,6 +26,7 @@ from mdctr.domains.spec import (
     DatasetSpec, DomainSpec, FieldKind, FieldSpec, RandomSplit, Role, SourceSpec, SplitSpec,
     TemporalSplit,
 )
+from mdctr.core.errors import ConfigError
 from mdctr.core.io import atomic_dir
 from mdctr.domains.writer import DatasetWriter, build_table, list_array
 
@@ -105,7 +106,7 @@ def movielens_columns(raw: MovieLensRaw, split: MovieLensSplit) -> tuple[dict, l
         notes.update({"ad_item_seed": AD_ITEM_SEED, "ad_item_share": AD_ITEM_SHARE,
                       "ad_items": int(len(chosen))})
     else:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
 
     columns = {
         "example_id": np.arange(len(r), dtype=np.int64),
@@ -143,7 +144,7 @@ def prepare_movielens(
 ) -> DatasetSpec:
     """Write MovieLens-100K with the given domain ``split`` to ``out`` (atomically)."""
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
     raw = raw if raw is not None else load_movielens_100k()
     columns, domains, notes = movielens_columns(raw, split)
     ts = columns["ts"]

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, insert,
                         select)
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError
+
+from mdctr.core.errors import ConfigError
 
 _META = MetaData()
 VERSIONS = Table(
@@ -79,7 +81,10 @@ class Lineage:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url)
+        try:
+            self.engine = create_engine(url)
+        except ArgumentError as exc:  # not a URL, or an unknown dialect / driver
+            raise ConfigError(f"lineage_url: not a usable SQLAlchemy URL ({exc})") from None
         _META.create_all(self.engine)
 
     def record(self, rec: VersionRecord) -> VersionRecord:

@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mdctr.core.config import StrictModel, dump_model, load_model
 
@@ -95,6 +95,15 @@ class TrainLoopConfig(StrictModel):
     #: validate each epoch and keep the best (early stopping); False trains ``epochs``
     #: epochs and keeps the last (for tiny, frequent windows with no room for a hold-out)
     validation: bool = True
+
+    @field_validator("domains")
+    @classmethod
+    def _unique_domains(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            dup = next((d for i, d in enumerate(v) if d in v[:i]), None)
+            if dup is not None:
+                raise ValueError(f"domain '{dup}' is listed twice")
+        return v
 
 
 class DistillConfig(StrictModel):

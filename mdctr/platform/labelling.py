@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mdctr.core.errors import ConfigError
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.spec import load_spec
 from mdctr.domains.validate import validate_dataset
@@ -70,6 +71,10 @@ def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, sp
         resolve_launcher(launcher).launch(job)
         preds = pq.read_table(out, columns=["example_id", "logit", "domain"]).rename_columns(
             ["example_id", "teacher_logit", "domain"])
+        if preds.num_rows == 0:
+            what = f"split {split or 'all'}" + (f", window {list(window)}" if window is not None else "") + (
+                f", domains {domains}" if domains is not None else "")
+            raise ConfigError(f"nothing to label: {what} selects no rows", file=data_dir)
         meta = {"teacher_run_id": ident["run_id"], "teacher_fingerprint": ident["fingerprint"],
                 "teacher_dir": str(run.path.resolve()), "teacher_config": run.config.fingerprint(),
                 "data_dir": str(data_dir.resolve()), "data_fingerprint": spec.fingerprint, "split": split,

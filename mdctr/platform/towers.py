@@ -45,7 +45,10 @@ class MLP(nn.Module):
         for layer in self.layers:
             x = self.dropout(self.act(layer(x)))
         logits = self.head(x).squeeze(-1)
-        return (logits, x) if return_hidden else logits
+        if not torch.jit.is_scripting():  # TorchScript exports serve logits only
+            if return_hidden:
+                return logits, x
+        return logits
 
 
 @runtime_checkable
@@ -58,7 +61,8 @@ class Tower(Protocol):
     - ``forward(x, emb, return_hidden=False)``: logits (B,), or with ``return_hidden`` also
       the MLP's last hidden layer (B, H), on which a distillation student puts its
       auxiliary head. Callers call the tower module (``tower(...)``), never a method of it,
-      so forward hooks on the tower (the adapters' own embedding rows) always run.
+      so forward hooks on the tower (the adapters' own embedding rows) always run. A
+      scripted (TorchScript) tower returns logits only.
     """
 
     mlp: MLP
@@ -102,9 +106,11 @@ class DeepFMTower(nn.Module):
         square_of_sum = emb.sum(dim=1).pow(2)
         sum_of_square = emb.pow(2).sum(dim=1)
         fm = 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
-        deep, hidden = self.mlp(x, True)
-        logits = self.linear(x).squeeze(-1) + fm + deep
-        return (logits, hidden) if return_hidden else logits
+        if not torch.jit.is_scripting():  # TorchScript exports serve logits only
+            if return_hidden:
+                deep, hidden = self.mlp(x, True)
+                return self.linear(x).squeeze(-1) + fm + deep, hidden
+        return self.linear(x).squeeze(-1) + fm + self.mlp(x)
 
 
 TOWERS: dict[str, type[nn.Module]] = {"mlp": MLPTower, "dcnv2": DCNv2Tower, "deepfm": DeepFMTower}

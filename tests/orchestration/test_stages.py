@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import date
 from pathlib import Path
@@ -161,3 +162,50 @@ def test_stages_at_world_size_two(ads_data, pipeline_config, tmp_path, ran):
     assert (tpm.rows, actr.rows) == (tpm1.rows, actr1.rows) and tpm.inputs["user_rows"] == tpm1.inputs["user_rows"]
     assert actr.metrics["next_day"]["n"] == actr1.metrics["next_day"]["n"]
     assert abs(actr.metrics["next_day"]["auc"] - actr1.metrics["next_day"]["auc"]) < 0.05
+
+
+def test_a_stage_version_is_a_run_for_evaluate_export_and_finetune(ran, tmp_path):
+    """An A-CTR version is a run directory: ``evaluate`` rebuilds its snapshot-history model
+    and scores it, ``export`` scripts it with the history as inputs and gives the same
+    logits, and ``finetune`` trains an adapter on its frozen backbone."""
+    from mdctr.adapters.export import export
+    from mdctr.adapters.onboard import finetune
+    from mdctr.adapters.run import evaluate
+    from mdctr.platform.history import SnapshotInput
+    from mdctr.platform.outputs import PredictionsOutput, read_predictions
+    from mdctr.platform.launcher import LocalLauncher
+    from mdctr.platform.run import prediction_job
+
+    pipe, (_, _, actr) = ran
+    version = RunDir(actr.path)
+    assert version.kind == "stage" and version.run_id == actr.version_id
+    assert version.model_info["snapshots"]["months"] == ["2024-03"]
+    metrics = evaluate(actr.path, pipe.data_dir, split=None, out=tmp_path / "eval.json")
+    assert set(metrics["domains"]) == {"ad"} and 0.5 < metrics["auc"] < 1  # the version's own domain
+    assert metrics["n"] == metrics["domains"]["ad"]["n"] > 0
+
+    # the exported TorchScript model, fed the same snapshot vectors, gives the same logits
+    export(actr.path, tmp_path / "serving")
+    meta = json.loads((tmp_path / "serving" / "model.json").read_text())
+    assert meta["history"]["entities"] == {"user": "user_id", "item": "item_id"} and "history_vectors" in meta["inputs"]
+    scripted = torch.jit.load(str(tmp_path / "serving" / "model.pt"))
+    job = prediction_job(version, pipe.data_dir, "test", PredictionsOutput(tmp_path / "p.parquet", "eval"))
+    LocalLauncher().launch(job)
+    want = read_predictions(tmp_path / "p.parquet")
+    transform = version.transform()
+    assert isinstance(transform, SnapshotInput)
+    join = transform(version.layout())
+    reader = version.layout().reader(pipe.data_dir, raw_fields=list(transform.raw_fields))
+    got = []
+    for b in reader.batches("test", job.selection, batch_size=512, shuffle=False):
+        b = join(b)
+        vec = torch.stack([b.inputs[f"history.{e}.vectors"] for e in ("user", "item")], 1)
+        found = torch.stack([b.inputs[f"history.{e}.found"] for e in ("user", "item")], 1)
+        got.append(scripted(b.sparse.values(), b.sparse.lengths(), b.dense, b.domain, vec, found))
+    torch.testing.assert_close(torch.cat(got), want.logits, atol=1e-5, rtol=1e-5)
+
+    # an adapter for the ad domain on the A-CTR's frozen backbone, from rows before its date
+    adapter = finetune(actr.path, "ad", pipe.data_dir, tmp_path / "adapter", epochs=1,
+                       window=(None, day_ts(MARCH_2)))
+    assert adapter["base_run_id"] == actr.version_id and adapter["domain"] == "ad"
+    assert 0.4 < adapter["metrics"]["domains"]["ad"]["auc"] < 1 and adapter["parameters"] > 0

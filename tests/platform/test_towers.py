@@ -30,3 +30,21 @@ def test_deepfm_second_order_term_is_pairwise_dot_products():
 def test_unknown_tower_is_a_clear_error():
     with pytest.raises(ValueError, match="model.tower must be one of dcnv2, deepfm, mlp|model.tower must be one of mlp, dcnv2, deepfm"):
         build_tower("transformer", in_features=4, num_fields=1, embedding_dim=4, hidden=[4])
+
+
+@pytest.mark.parametrize("name", sorted(TOWERS))
+def test_every_tower_keeps_the_tower_protocol(name):
+    """The written interface: an ``mlp`` whose layers adapters replace, logits (B,), and the
+    last hidden layer with ``return_hidden`` (what a distillation student's aux head reads),
+    the same logits either way; TorchScript (exports) sees logits only."""
+    from mdctr.platform.towers import MLP, Tower
+
+    torch.manual_seed(0)
+    t = build_tower(name, in_features=12, num_fields=3, embedding_dim=4, hidden=[8, 6])
+    assert isinstance(t, Tower) and isinstance(t.mlp, MLP) and len(t.mlp.layers) == 2
+    x, emb = torch.randn(5, 12), torch.randn(5, 3, 4)
+    logits, hidden = t(x, emb, return_hidden=True)
+    assert hidden.shape == (5, 6)
+    torch.testing.assert_close(logits, t(x, emb))
+    if name != "dcnv2":  # torchrec's LowRankCrossNet is not scriptable
+        torch.testing.assert_close(torch.jit.script(t)(x, emb), logits)

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mdctr.core.errors import ArtifactError, ConfigError
 from mdctr.platform.stores.index import IdIndex
 from mdctr.platform.stores.versioned import Version, VersionedStore
 
@@ -104,7 +105,7 @@ class TeacherLabelStore:
                 if (np.diff(all_ids) == 0).any():
                     raise ValueError("teacher labels: duplicate example_id within a labelling run")
             if rows == 0:
-                raise ValueError("teacher labels: nothing to write (no rows)")
+                raise ConfigError("teacher labels: nothing to write (no rows)", file=self.root)
             meta.update(rows=rows, ts_min=lo, ts_max=hi, domains=sorted(domains), created=time.time())
         return self.versions.get(name)
 
@@ -121,7 +122,7 @@ class TeacherLabelStore:
             versions = [v for v in versions if v.meta.get("ts_max") is not None and v.meta["ts_max"] < limit]
         if not versions:
             when = f" with data before {at_or_before}" if at_or_before else ""
-            raise ValueError(f"{self.root}: no teacher-label version{when} (run `mdctr labels write` first)")
+            raise ArtifactError(f"no teacher-label version{when} (run `mdctr labels write` first)", file=self.root)
         return max(versions, key=lambda v: v.name)
 
     def reader(self, ref: str = "latest", *, at_or_before: date | None = None) -> LabelReader:

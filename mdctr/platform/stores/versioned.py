@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdctr.core.errors import ArtifactError, ConfigError
+
 MANIFEST = "manifest.json"
 FORMAT = "mdctr-store/1"
 
@@ -63,9 +65,14 @@ class VersionedStore:
         path = self.root / MANIFEST
         if not path.exists():
             return {"format": FORMAT, "kind": self.kind, "versions": []}
-        raw = json.loads(path.read_text())
-        if raw.get("format") != FORMAT or raw.get("kind") != self.kind:
-            raise ValueError(f"{path}: not a {self.kind} store (format {raw.get('format')}, kind {raw.get('kind')})")
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"unreadable store manifest ({exc.__class__.__name__})", file=path) from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("kind") != self.kind:
+            got = raw if isinstance(raw, dict) else {}
+            raise ArtifactError(f"not a {self.kind} store (format {got.get('format')}, kind {got.get('kind')})",
+                                file=path)
         return raw
 
     def versions(self) -> list[Version]:
@@ -74,10 +81,14 @@ class VersionedStore:
                 for v in self._read_manifest()["versions"]]
 
     def get(self, name: str) -> Version:
-        for v in self.versions():
+        versions = self.versions()
+        for v in versions:
             if v.name == name:
                 return v
-        raise ValueError(f"{self.root}: no version '{name}' (has {[v.name for v in self.versions()]})")
+        names = [v.name for v in versions]
+        has = ("the store has none" if not names else f"has {names}" if len(names) <= 5
+               else f"has {len(names)}, the newest {names[-3:]}")
+        raise ArtifactError(f"no version '{name}' ({has})", file=self.root)
 
     def names(self) -> list[str]:
         return [v.name for v in self.versions()]
@@ -154,7 +165,7 @@ class VersionedStore:
         removed: list[str] = []
         if keep is not None:
             if keep < 0:
-                raise ValueError(f"keep must be >= 0, got {keep}")
+                raise ConfigError(f"keep must be >= 0, got {keep}")
             names = sorted(self.names())
             removed = names[: max(len(names) - keep, 0)]
             if removed:
