@@ -70,15 +70,15 @@ class RoutedLinear(nn.Module):
     """Linear + every domain's adapter, routed per row: ``x W^T + b + ((x A) * mask_d) B + b_d``."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                 bias_d: torch.Tensor, rank: int):
+                 bias_d: torch.Tensor, lora_rank: int):
         super().__init__()
         self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
         self.a, self.b, self.bias_d = nn.Parameter(a), nn.Parameter(b), nn.Parameter(bias_d)  # (in, D*r), (D*r, out), (D, out)
-        self.rank = rank
+        self.lora_rank = lora_rank
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         h = x @ self.a  # (B, D*r)
-        block = torch.arange(h.shape[1], device=x.device) // self.rank
+        block = torch.arange(h.shape[1], device=x.device) // self.lora_rank
         h = h * (block.unsqueeze(0) == domain.unsqueeze(1)).to(h.dtype)
         return nn.functional.linear(x, self.weight, self.bias) + h @ self.b + self.bias_d[domain]
 

@@ -19,7 +19,7 @@ shared by every layer. The loop runs over the domains present, never over exampl
 
 >>> import torch
 >>> ctx = RoutingContext(["F", "M"])
->>> layer = MLoRALinear.from_linear(torch.nn.Linear(6, 4), ctx, ["F", "M"], rank=2)
+>>> layer = MLoRALinear.from_linear(torch.nn.Linear(6, 4), ctx, ["F", "M"], lora_rank=2)
 >>> x = torch.randn(5, 6)
 >>> ctx.set(torch.tensor([0, 0, 1, 1, 1]))  # rows grouped by domain, as in training
 >>> bool(torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)))
@@ -252,7 +252,7 @@ class MLoRALinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, context: RoutingContext, domains: list[str], *,
-                    rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> "MLoRALinear":
+                    lora_rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> "MLoRALinear":
         """Wrap ``linear``, sharing its weight and bias tensors; ``domains`` get one bank."""
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
@@ -260,12 +260,12 @@ class MLoRALinear(nn.Linear):
         layer.weight = linear.weight
         layer.bias = linear.bias
         layer._init_adapters(context)
-        layer.add_adapters(domains, rank=rank, alpha=alpha)
+        layer.add_adapters(domains, lora_rank=lora_rank, alpha=alpha)
         return layer
 
     @staticmethod
-    def rank_for(out_features: int, alpha: int, rank: int | None = None) -> int:
-        return rank if rank is not None else max(out_features // alpha, 1)
+    def rank_for(out_features: int, alpha: int, lora_rank: int | None = None) -> int:
+        return lora_rank if lora_rank is not None else max(out_features // alpha, 1)
 
     @property
     def lora_A(self) -> _ByDomain:
@@ -287,7 +287,7 @@ class MLoRALinear(nn.Linear):
         """Bank ``k``'s parameter names, relative to this layer."""
         return self._bank_names[3 * k: 3 * k + 3]
 
-    def add_adapters(self, domains: list[str], *, rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> None:
+    def add_adapters(self, domains: list[str], *, lora_rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> None:
         """Fresh (no-op) adapters for ``domains``, in a new bank: A glorot, B and b zero."""
         domains = list(domains)
         for i, d in enumerate(domains):
@@ -295,7 +295,7 @@ class MLoRALinear(nn.Linear):
                 raise ConfigError(f"domain '{d}' already has an adapter")
         if not domains:
             return
-        r = self.rank_for(self.out_features, alpha, rank)
+        r = self.rank_for(self.out_features, alpha, lora_rank)
         device, dtype = self.weight.device, self.weight.dtype
         a = torch.empty(len(domains), self.in_features, r, device=device, dtype=dtype)
         for j in range(len(domains)):  # each domain's draws as if it were a tensor of its own
@@ -310,9 +310,9 @@ class MLoRALinear(nn.Linear):
             self.slots[d] = (k, j)
             self.ranks[d] = r
 
-    def add_adapter(self, domain: str, *, rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> None:
+    def add_adapter(self, domain: str, *, lora_rank: int | None = None, alpha: int = DEFAULT_ALPHA) -> None:
         """A fresh (no-op) adapter for ``domain``, in a bank of its own."""
-        self.add_adapters([domain], rank=rank, alpha=alpha)
+        self.add_adapters([domain], lora_rank=lora_rank, alpha=alpha)
 
     # -- state dict: one entry per domain and part -----------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):

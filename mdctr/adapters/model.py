@@ -28,7 +28,7 @@ class AdapterConfig(StrictModel):
     mode: Literal["joint", "two_phase"] = "two_phase"
     #: rank r = max(d_out // alpha, 1) of each layer's adapter ("temperature" in MLoRA)
     alpha: int = Field(default=DEFAULT_ALPHA, ge=1)
-    #: explicit rank for every layer (overrides alpha)
+    #: explicit LoRA rank for every layer (overrides alpha)
     rank: int | None = Field(default=None, ge=1)
     #: epochs of the shared pretraining in two_phase mode (default: train.epochs)
     pretrain_epochs: int | None = Field(default=None, ge=1)
@@ -69,7 +69,7 @@ def _rows_hook(model: nn.Module, context: RoutingContext):
 
 
 def attach_adapters(model: nn.Module, domain_names: list[str], *, domains: list[str] | None = None,
-                    alpha: int = DEFAULT_ALPHA, rank: int | None = None) -> RoutingContext:
+                    alpha: int = DEFAULT_ALPHA, lora_rank: int | None = None) -> RoutingContext:
     """Give every hidden tower layer of ``model`` an adapter for each of ``domains``.
 
     ``domain_names`` are the model's domains in index order (``batch.domain`` indexes them);
@@ -85,7 +85,7 @@ def attach_adapters(model: nn.Module, domain_names: list[str], *, domains: list[
     for mlp in mlps:
         for i, layer in enumerate(mlp.layers):
             mlp.layers[i] = MLoRALinear.from_linear(layer, context, list(domain_names if domains is None else domains),
-                                                    rank=rank, alpha=alpha)
+                                                    lora_rank=lora_rank, alpha=alpha)
     model.register_forward_pre_hook(_route_hook(context), with_kwargs=True)
     if hasattr(model, "tower") and hasattr(model, "layout"):
         model.tower.register_forward_pre_hook(_rows_hook(model, context))
@@ -139,9 +139,9 @@ def domain_parameter_names(model: nn.Module, domain: str) -> set[str]:
     return names
 
 
-def add_domain(model: nn.Module, domain: str, *, alpha: int = DEFAULT_ALPHA, rank: int | None = None,
-               ranks: dict[str, int] | None = None) -> None:
-    """A fresh (no-op) adapter for ``domain`` in every adapted layer (``ranks``: per layer),
+def add_domain(model: nn.Module, domain: str, *, alpha: int = DEFAULT_ALPHA, lora_rank: int | None = None,
+               lora_ranks: dict[str, int] | None = None) -> None:
+    """A fresh (no-op) adapter for ``domain`` in every adapted layer (``lora_ranks``: per layer),
     each in a bank of its own, so it can be trained while the others stay frozen."""
     layers = adapter_layers(model)
     if not layers:
@@ -150,7 +150,7 @@ def add_domain(model: nn.Module, domain: str, *, alpha: int = DEFAULT_ALPHA, ran
     if domain not in context.domain_names:
         context.domain_names.append(domain)
     for name, layer in layers.items():
-        layer.add_adapter(domain, rank=(ranks or {}).get(name, rank), alpha=alpha)
+        layer.add_adapter(domain, lora_rank=(lora_ranks or {}).get(name, lora_rank), alpha=alpha)
 
 
 def freeze_backbone(model: nn.Module) -> None:
@@ -226,7 +226,7 @@ def load_adapter_tensors(model: nn.Module, domain: str, tensors: dict[str, torch
             raise ValueError(f"adapter for layer {name} has shapes {list(a.shape)}, {list(b.shape)}; "
                              f"the layer is {layer.in_features} -> {layer.out_features}")
         if domain not in layer.lora_A:
-            layer.add_adapter(domain, rank=a.shape[1])
+            layer.add_adapter(domain, lora_rank=a.shape[1])
         layer.lora_A[domain].copy_(a)
         layer.lora_B[domain].copy_(b)
         layer.lora_bias[domain].copy_(bias)

@@ -71,16 +71,16 @@ class AdaptedModel:
     def __call__(self, cfg: TrainConfig, layout: FeatureLayout) -> nn.Module:
         model = self.base(cfg, layout)
         attach_adapters(model, list(layout.domain_names), domains=list(self.own), alpha=self.alpha,
-                        rank=self.lora_rank)
+                        lora_rank=self.lora_rank)
         for adapter_dir in self.extra:
             tensors, meta = read_adapter(adapter_dir)
             if meta["domain"] not in self.own:
-                add_domain(model, meta["domain"], ranks=meta["rank"])
+                add_domain(model, meta["domain"], lora_ranks=meta["rank"])
             add_domain_rows(model, meta["domain"], domain_rows_of(tensors))
         if self.new_domain is None:
             return model
         torch.manual_seed(self.seed)
-        add_domain(model, self.new_domain, alpha=self.alpha, rank=self.lora_rank)
+        add_domain(model, self.new_domain, alpha=self.alpha, lora_rank=self.lora_rank)
         if self.new_rows:
             add_domain_rows(model, self.new_domain, self.new_rows)
         freeze_backbone(model)
@@ -193,7 +193,7 @@ def _own_rows(run: AdapterRunDir, domain: str, data_dir: Path, selection: Select
 
 
 def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *, epochs: int | None = None,
-             lr: float | None = None, alpha: int | None = None, rank: int | None = None, seed: int | None = None,
+             lr: float | None = None, alpha: int | None = None, lora_rank: int | None = None, seed: int | None = None,
              rows: str = "all", overwrite: bool = False, window: tuple[int | None, int | None] | None = None,
              launcher: Launcher | None = None) -> dict:
     """Train ``domain``'s adapter on ``base``'s frozen backbone; returns ``adapter.json``.
@@ -203,7 +203,7 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     training data uses (closest to training the domain in from the start), ``cold`` only
     the rows of the domain's ids the backbone never trained (a smaller adapter), ``none``
     none (the tower adapter alone). ``lr`` defaults to the backbone's dense lr times
-    :data:`FINETUNE_LR_SCALE`. ``rank`` is the adapter's LoRA rank. ``window``: only rows with
+    :data:`FINETUNE_LR_SCALE`. ``lora_rank`` is the adapter's rank (default ``max(d_out // alpha, 1)``). ``window``: only rows with
     ``lo <= ts < hi`` (a scheduled fine-tune reads nothing on or after its date).
     """
     if rows not in ROW_MODES:
@@ -224,7 +224,7 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
                          source="--epochs/--seed/--lr")
     selection = Selection(cfg.train.split_kind, cfg.train.split_seed, (domain,), window)
     learned = _own_rows(run, domain, data_dir, selection, rows)
-    builder = adapted_model(run, new_domain=domain, alpha=alpha, lora_rank=rank, seed=seed, new_rows=learned)
+    builder = adapted_model(run, new_domain=domain, alpha=alpha, lora_rank=lora_rank, seed=seed, new_rows=learned)
     meta = {"alpha": builder.alpha, **backbone_identity(base), "lr": cfg.optim.dense.lr, "seed": cfg.train.seed,
             "rows": rows, "row_counts": {f: int(r.numel()) for f, r in learned.items()}, "data_dir": str(data_dir)}
     scratch = temp_sibling(out, "ckpt")

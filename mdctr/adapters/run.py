@@ -64,7 +64,7 @@ def build_model(cfg: MLoRATrainConfig, layout: FeatureLayout) -> nn.Module:
     """The backbone with an adapter for every domain of the training data."""
     model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
     attach_adapters(model, layout.domain_names, domains=cfg.train.domains, alpha=cfg.adapters.alpha,
-                    rank=cfg.adapters.rank)
+                    lora_rank=cfg.adapters.rank)
     return model
 
 

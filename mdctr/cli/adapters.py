@@ -21,7 +21,7 @@ def adapters_finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the base run's train.epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adapter learning rate (default: 5x the base's dense lr)."),
     alpha: Optional[int] = typer.Option(None, "--alpha", help="rank = max(d_out // alpha, 1)."),
-    rank: Optional[int] = typer.Option(None, "--rank", help="Explicit rank for every layer."),
+    lora_rank: Optional[int] = typer.Option(None, "--rank", help="Explicit LoRA rank for every layer."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Adapter init and data order (default: the base run's)."),
     rows: str = typer.Option("all", "--rows",
                              help="Embedding rows the adapter also learns for this domain: all (a residual for every "
@@ -31,7 +31,7 @@ def adapters_finetune(
     """Train one domain's adapter on a frozen backbone."""
     from mdctr.adapters.onboard import finetune
 
-    meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, rank=rank, seed=seed, rows=rows,
+    meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, lora_rank=lora_rank, seed=seed, rows=rows,
                     overwrite=overwrite)
     auc = meta["metrics"]["domains"].get(domain, {}).get("auc")
     counts = ", ".join(f"{f} {n:,}" for f, n in meta.get("row_counts", {}).items()) or "none"

@@ -28,6 +28,7 @@ from mdctr.domains.spec import (
 )
 from mdctr.core.errors import ConfigError
 from mdctr.core.io import atomic_dir
+from mdctr.core.timeutil import DAY
 from mdctr.domains.writer import DatasetWriter, build_table, list_array
 
 MovieLensSplit = Literal["gender", "age", "occupation", "ads"]
@@ -36,7 +37,6 @@ AGE_BUCKETS = [(0, "under-18"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45
                (50, "50-55"), (56, "56+")]
 AD_ITEM_SEED = 20240901
 AD_ITEM_SHARE = 0.2
-DAY = 86_400
 
 
 def age_bucket(age: np.ndarray) -> np.ndarray:

@@ -39,10 +39,10 @@ from mdctr.domains.spec import (
     TemporalSplit,
 )
 from mdctr.core.io import atomic_dir
+from mdctr.core.timeutil import DAY
 from mdctr.domains.writer import DatasetWriter, build_table, list_array
 
 AUC_BINS = 1 << 14
-DAY = 86_400
 
 
 class SynthDomain(StrictModel):

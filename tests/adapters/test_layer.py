@@ -8,10 +8,10 @@ from mdctr.adapters.model import domain_parameter_names
 NAMES = ["a", "b", "c"]
 
 
-def make_layer(alpha=4, rank=None, seed=0, in_features=10, domains=NAMES):
+def make_layer(alpha=4, lora_rank=None, seed=0, in_features=10, domains=NAMES):
     torch.manual_seed(seed)
     ctx = RoutingContext(NAMES)
-    layer = MLoRALinear.from_linear(nn.Linear(in_features, 8), ctx, domains, alpha=alpha, rank=rank)
+    layer = MLoRALinear.from_linear(nn.Linear(in_features, 8), ctx, domains, alpha=alpha, lora_rank=lora_rank)
     return ctx, layer
 
 
@@ -60,7 +60,7 @@ def test_rank_rule_and_override():
     assert layer.ranks == {"a": 2, "b": 2, "c": 2}  # max(8 // 4, 1)
     _, layer = make_layer(alpha=64)
     assert layer.ranks["a"] == 1
-    _, layer = make_layer(rank=5)
+    _, layer = make_layer(lora_rank=5)
     assert layer.lora_A["a"].shape == (10, 5) and layer.lora_B["a"].shape == (5, 8)
 
 
@@ -158,7 +158,7 @@ def test_routing_of_grouped_single_and_unsorted_batches():
 def test_grouped_gradients_match_the_per_example_formula(grouped, mixed_ranks, in_features=10):
     ctx, layer = make_layer(in_features=in_features, domains=["c", "a"] if mixed_ranks else NAMES)
     if mixed_ranks:  # a domain onboarded later with its own rank, in a bank of its own; the
-        layer.add_adapter("b", rank=3)  # first bank holds c before a, and their rows are not adjacent
+        layer.add_adapter("b", lora_rank=3)  # first bank holds c before a, and their rows are not adjacent
     randomise(layer)
     x = torch.randn(40, in_features, requires_grad=True)
     domain = torch.randint(0, 3, (40,))
@@ -210,7 +210,7 @@ def test_a_domains_outputs_do_not_depend_on_the_other_domains_adapters():
     before = layer(x)[:20].detach()
     ctx.set(domain[:20])
     assert torch.equal(layer(x[:20]).detach(), before)
-    layer.add_adapter("c", rank=3)  # another rank: the merges take two batched calls
+    layer.add_adapter("c", lora_rank=3)  # another rank: the merges take two batched calls
     randomise_one = layer.lora_B["c"]
     with torch.no_grad():
         randomise_one.normal_()
@@ -244,7 +244,7 @@ def test_adapters_are_stacked_in_banks_and_checkpointed_by_domain():
     result = other.load_state_dict({k: v for k, v in state.items() if not k.endswith(".b")}, strict=False)
     assert set(result.missing_keys) == {"lora_A.b", "lora_B.b", "lora_bias.b"}
     assert set(result.unexpected_keys) == {"lora_A.c", "lora_B.c", "lora_bias.c"}
-    _, wide = make_layer(rank=3)
+    _, wide = make_layer(lora_rank=3)
     with pytest.raises(RuntimeError, match="size mismatch for lora_A.a"):
         wide.load_state_dict(state)
 
