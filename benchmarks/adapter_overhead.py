@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,7 +39,8 @@ from mdctr.domains.spec import load_spec  # noqa: E402
 from mdctr.domains.synthetic import SynthDomain, generate_synthetic  # noqa: E402
 from mdctr.platform.config import ModelConfig, TrainConfig, TrainLoopConfig  # noqa: E402
 from mdctr.platform.distributed import launch  # noqa: E402
-from mdctr.platform.model import CTRModel, feature_layout  # noqa: E402
+from mdctr.platform.job import Job  # noqa: E402
+from mdctr.platform.model import CTRModel, FeatureLayout, feature_layout  # noqa: E402
 from mdctr.platform.trainer import Trainer  # noqa: E402
 
 
@@ -51,20 +53,25 @@ def make_data(root: Path, n_domains: int, rows: int) -> Path:
     return out
 
 
+def build_model(cfg: TrainConfig, layout: FeatureLayout, *, adapters: bool, alpha: int, frozen: bool) -> CTRModel:
+    """The job's model builder (the trainer seeds torch with ``cfg.train.seed`` before calling it)."""
+    model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
+    if adapters:
+        attach_adapters(model, layout.domain_names, alpha=alpha)
+    if frozen:
+        freeze_backbone(model)
+    return model
+
+
 def trainer_for(data: Path, ck: Path, adapters: bool, alpha: int = 8, frozen: bool = False) -> Trainer:
     """The shared model, or MLoRA: joint, or (``frozen``) two_phase's adapter phase."""
     cfg = TrainConfig(data=str(data), model=ModelConfig(embedding_dim=DIM, hidden=HIDDEN),
                       train=TrainLoopConfig(batch_size=BATCH, grad_clip=None))
     layout = feature_layout(load_spec(data), cfg.model, cfg.baseline)
     reader = DatasetReader(data, table_sizes=layout.reader_table_sizes)
-    torch.manual_seed(0)
-    model = CTRModel(layout, cfg.model, seed=cfg.train.seed)
-    if adapters:
-        attach_adapters(model, layout.domain_names, alpha=alpha)
-    if frozen:
-        freeze_backbone(model)
-    return Trainer(cfg, reader, layout, ck, model=model, progress=False,
-                   trainable=is_adapter_param if frozen else None)
+    job = Job(cfg, data, ck, model=partial(build_model, adapters=adapters, alpha=alpha, frozen=frozen),
+              trainable=is_adapter_param if frozen else None, progress=False)
+    return Trainer(job, reader, layout)
 
 
 def step_times(trainers: list[Trainer], batches, steps: int) -> list[float]:
@@ -126,7 +133,7 @@ def main() -> int:
                 shared = trainer_for(data[n], root / f"ck-s{n}", adapters=False)
                 mlora = trainer_for(data[n], root / f"ck-m{n}", adapters=True, alpha=args.alpha)
                 phase2 = trainer_for(data[n], root / f"ck-p{n}", adapters=True, alpha=args.alpha, frozen=True)
-                # MLoRA runs train on batches grouped by domain (Trainer(group_domains=True)); both use them
+                # MLoRA runs train on batches grouped by domain (Job(group_domains=True)); both use them
                 batches = list(shared.reader.batches("train", batch_size=BATCH, drop_last=True,
                                                      group_domains=True))[:20]
                 for _ in range(args.rounds):

@@ -6,8 +6,9 @@ labels into a student's training.
 2. Open a reader on it and look up random batches of 4096 example ids (90% labelled):
    p50 / p99 milliseconds.
 3. The student's training step on MovieLens-100K (gender, default student config) three
-   ways, in alternating rounds: plain; with the label join (``TeacherJoin`` on the data
-   thread, the hard loss); and full auxiliary distillation (join + auxiliary head + loss).
+   ways, in alternating rounds: plain; with the label join (the job's ``TeacherLabels``
+   transform: a ``TeacherJoin`` on the data thread, the hard loss); and full auxiliary
+   distillation (join + auxiliary head + ``DistillLoss``).
    The labels are random logits for every training example (the join's cost does not
    depend on their values). ``join_step_ratio`` = join / plain, ``aux_step_ratio`` = aux /
    plain (medians of per-epoch step times).
@@ -31,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.spec import load_spec
 from mdctr.platform.config import load_train_config
-from mdctr.platform.distill import TeacherJoin, build_student, distill_loss
+from mdctr.platform.distill import StudentBuilder, TeacherLabels, distill_loss
 from mdctr.platform.distributed import launch
+from mdctr.platform.job import Job
 from mdctr.platform.model import feature_layout
 from mdctr.platform.quiet import quiet_library_warnings
 from mdctr.platform.stores.labels import TeacherLabelStore
@@ -84,18 +85,14 @@ def _step_worker(rank: int, world: int, data: Path, store: Path, rounds: int, ou
     spec = load_spec(data)
     layout = feature_layout(spec, base.model, base.baseline)
     reader = layout.reader(data)
-    labels = TeacherLabelStore(store).reader()
+    version = TeacherLabelStore(store).resolve().name
     variants = {}
     for name in ("plain", "join", "aux"):
         cfg = base.model_copy(update={"data": str(data), "distill": base.distill if name == "aux" else None})
-        kw = {}
-        if name != "plain":
-            kw["transform"] = TeacherJoin(labels)
-        if name == "aux":
-            kw["loss_fn"] = distill_loss(cfg.distill)
-        torch.manual_seed(0)
-        model = build_student(layout, cfg.model, cfg.distill, 0)
-        variants[name] = Trainer(cfg, reader, layout, out.parent / f"ck-{name}", model=model, progress=False, **kw)
+        job = Job(cfg, data, out.parent / f"ck-{name}", model=StudentBuilder(cfg.distill),
+                  transform=TeacherLabels(str(store), version) if name != "plain" else None,
+                  loss=distill_loss(cfg.distill) if name == "aux" else None, progress=False)
+        variants[name] = Trainer(job, reader, layout)
     batches = variants["plain"]._num_batches("train", variants["plain"].batch_size)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(rounds + 1):  # round 0 warms up (caches, allocator), then alternate

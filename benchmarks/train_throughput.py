@@ -35,6 +35,7 @@ from mdctr.domains.spec import load_spec
 from mdctr.domains.synthetic import ExtraField, Signal, SyntheticConfig, generate_synthetic
 from mdctr.platform.config import ModelConfig, OptimConfig, TrainConfig, TrainLoopConfig
 from mdctr.platform.distributed import launch
+from mdctr.platform.job import Job
 from mdctr.platform.model import feature_layout
 from mdctr.platform.trainer import Trainer
 
@@ -60,7 +61,7 @@ def mdctr_trainer(data: Path, ckpt_dir: Path) -> tuple[Trainer, int]:
     spec = load_spec(data)
     layout = feature_layout(spec, cfg.model, cfg.baseline)
     reader = DatasetReader(data, table_sizes=layout.reader_table_sizes)
-    trainer = Trainer(cfg, reader, layout, ckpt_dir, progress=False)
+    trainer = Trainer(Job(cfg, data, ckpt_dir, progress=False), reader, layout)
     return trainer, reader.num_rows("train") // BATCH * BATCH
 
 

@@ -71,8 +71,7 @@ class ACTRConfig(StrictModel):
     use_tpm: bool = True
     #: model entries not taken from the CPM (substrings of their names): the output head
     #: (the CPM's is the organic domains' head), per-domain adapters and normalisation
-    #: statistics. Measured: re-initialising the head or keeping the CPM's gives the same
-    #: next-day AUC within 0.002 on both benchmark datasets.
+    #: statistics (benchmarks/transfer_ablation.py)
     init_exclude: list[str] = [".head.", "lora_", "running_mean", "running_var", "num_batches_tracked"]
     train: TrainLoopConfig = TrainLoopConfig(epochs=2, batch_size=256, validation=False)
     #: the fine-tuning optimizer (default: the config's ``optim``)
