@@ -1,9 +1,12 @@
 """Shared output helpers: the one atomic directory commit, JSON, tables, cache and state dirs.
 
-The commit protocol (:func:`atomic_dir`): everything is written into a hidden temporary
-sibling of the target (``.NAME.tmp-XXXX``), which is renamed into place only when complete.
-A crash leaves at most a hidden temporary directory, never a partial target; stores and
-writers that use it ignore hidden entries and may delete stale ones.
+The commit protocol, used by the dataset writer (:func:`atomic_dir`), the versioned stores
+and the pipeline's stage versions: everything is written into a hidden temporary directory
+next to the target (:func:`temp_sibling`), which is renamed into place only when complete
+(:func:`commit_dir`); small JSON records (manifests, ``run.json``) are replaced whole
+(:func:`write_json`: temp file + ``os.replace``, flushed to disk with ``durable``). A crash
+leaves at most a hidden temporary entry, never a partial target; readers ignore hidden
+entries and owners may delete stale ones.
 """
 
 from __future__ import annotations
@@ -77,12 +80,24 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False, check: bool = True) 
     commit_dir(tmp, out, overwrite=True)
 
 
-def write_json(obj: dict, path: str | Path) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_json(obj: dict, path: str | Path, *, durable: bool = False) -> None:
+    """Write JSON atomically (temp file + rename); ``durable``: flushed to disk first."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(obj, indent=2) + "\n")
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def sync_tree(root: Path) -> None:
+    """Flush every file under ``root`` to disk (before a commit makes them visible)."""
+    for f in Path(root).rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def format_table(rows: list[dict]) -> str:

@@ -9,9 +9,10 @@ Layout of a store root::
 
 Rules:
 
-- A version becomes visible all at once: its files are written into a ``.tmp-*`` directory,
-  flushed, renamed into ``data/`` and only then named in ``manifest.json``, which is
-  replaced atomically (temp file + ``os.replace``) under the lock.
+- A version becomes visible all at once (the commit protocol of :mod:`mdctr.core.io`): its
+  files are written into a ``.tmp-*`` directory, flushed, renamed into ``data/`` and only
+  then named in ``manifest.json``, which is replaced atomically (temp file + ``os.replace``)
+  under the lock.
 - A writer that crashes at any point leaves the committed versions untouched and nothing
   of its own visible; :meth:`VersionedStore.gc` later removes what it left behind.
 - Committing a name that exists replaces that version (the old files are removed after
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdctr.core.errors import ArtifactError, ConfigError
+from mdctr.core.io import commit_dir, sync_tree, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "mdctr-store/1"
@@ -105,13 +107,7 @@ class VersionedStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _write_manifest(self, manifest: dict) -> None:
-        path = self.root / MANIFEST
-        tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(manifest, indent=1) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_json(manifest, self.root / MANIFEST, durable=True)
 
     @contextmanager
     def write(self, name: str, meta: dict | None = None) -> Iterator[Path]:
@@ -129,15 +125,13 @@ class VersionedStore:
         tmp.mkdir()
         try:
             yield tmp
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
+            sync_tree(tmp)
             with self._locked():
                 manifest = self._read_manifest()
                 (self.root / "data").mkdir(exist_ok=True)
                 rel = f"data/{name}-{token}"
-                os.rename(tmp, self.root / rel)
+                if not commit_dir(tmp, self.root / rel):
+                    raise RuntimeError(f"{self.root / rel}: version directory exists")
                 old = [v["dir"] for v in manifest["versions"] if v["name"] == name]
                 manifest["versions"] = [v for v in manifest["versions"] if v["name"] != name]
                 manifest["versions"].append({"name": name, "dir": rel, "created": time.time(), "meta": meta})
