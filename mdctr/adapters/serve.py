@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed.checkpoint as dcp
 
 from mdctr.adapters.files import read_adapter
 from mdctr.adapters.model import adapter_layers, inner_model, is_adapter_param
@@ -86,7 +85,7 @@ class MergeOutput:
         if gap > MERGE_TOLERANCE:
             raise RuntimeError(f"merged logits differ from the adapted model's by {gap:.2e} (> {MERGE_TOLERANCE})")
         plain = {k: v for k, v in trainer.model.state_dict().items() if not is_adapter_param(k)}
-        dcp.save({"model": plain}, checkpoint_id=str(self.out / "checkpoints" / "epoch-0000"))
+        ckpt.save_state({"model": plain}, self.out / "checkpoints" / "epoch-0000")
         if ctx.rank == 0:
             write_json({"max_abs_logit_gap": gap, "rows_checked": int(before.numel())}, self.out / "merge.json")
 

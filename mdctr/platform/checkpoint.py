@@ -5,12 +5,14 @@ Layout of a checkpoint directory::
 
     state.json        {"last_epoch": 3, "best_epoch": 2, "best_wauc": 0.78, "bad_epochs": 1,
                        "stopped": false, "history": [...]}
-    epoch-0002/       DCP files of the best epoch (the run's model)
-    epoch-0003/       DCP files of the last epoch (where --resume continues)
+    epoch-0002/       DCP files of the best epoch (the run's model) + checksums.json
+    epoch-0003/       DCP files of the last epoch (where --resume continues) + checksums.json
 
 ``state.json`` is replaced atomically after the epoch's DCP files are complete, so a crash
 mid-save leaves the previous state pointing at complete checkpoints. Epoch directories that
-are neither last nor best are removed.
+are neither last nor best are removed. Every epoch directory carries the size and SHA-256 of
+its files (``checksums.json``), checked before it is loaded; its metadata is read without
+unpickling anything but checkpoint metadata types (:mod:`mdctr.platform.safe_dcp`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
+from mdctr.core.errors import ArtifactError
 from mdctr.core.io import write_json
+from mdctr.platform.safe_dcp import (  # noqa: F401  (verify_checksums is part of this module's API)
+    SafeLoadPlanner, SafeReader, read_metadata, verify_checksums, write_checksums,
+)
 
 STATE_FILE = "state.json"
 
@@ -70,48 +76,72 @@ def write_state(ckpt_dir: Path, state: TrainState) -> None:
 
 
 def save(model: nn.Module, optimizer, directory: Path) -> None:
-    """Collective: every rank writes its shards of model and optimizer state."""
+    """Collective: every rank writes its shards of model and optimizer state; rank 0 then
+    records every file's checksum (:func:`~mdctr.platform.safe_dcp.write_checksums`)."""
     state = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
+    save_state(state, directory)
+
+
+def save_state(state: dict, directory: Path) -> None:
+    """Collective: ``dcp.save`` of ``state`` (``{"model": ..., "optim": ...}``) plus its
+    checksums. ``dcp.save`` returns on rank 0 once every rank's files and the metadata are
+    written, so rank 0 hashes complete files."""
     dcp.save(state, checkpoint_id=str(directory))
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        write_checksums(Path(directory))
 
 
 def load(model: nn.Module, optimizer, directory: Path, *, partial: bool = False,
          exclude: Callable[[str], bool] | None = None) -> None:
     """Collective: load ``directory`` into ``model`` (and ``optimizer``), resharding if needed.
 
-    ``partial``: entries of the model the checkpoint lacks (e.g. adapters added after a
-    backbone was trained) keep their current values. ``exclude``: model entries (by name)
-    that are not loaded and keep their current values (e.g. a head re-initialised when a
-    model starts from another's checkpoint).
+    The directory's files are checked against their checksums first, and nothing in it is
+    unpickled (:mod:`mdctr.platform.safe_dcp`). ``partial``: entries of the model the
+    checkpoint lacks (e.g. adapters added after a backbone was trained) keep their current
+    values. ``exclude``: model entries (by name) that are not loaded and keep their current
+    values (e.g. a head re-initialised when a model starts from another's checkpoint).
     """
-    if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{directory}: checkpoint not found")
+    verify_checksums(Path(directory))
+    read_metadata(Path(directory) / ".metadata")  # refused here, with one line, not inside dcp's collectives
     model_state = model.state_dict()
     if exclude is not None:
         model_state = {k: v for k, v in model_state.items() if not exclude(k)}
     state = {"model": model_state}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    planner = DefaultLoadPlanner(allow_partial_load=True) if partial else None
-    dcp.load(state, checkpoint_id=str(directory), planner=planner)
+    dcp.load(state, storage_reader=SafeReader(str(directory)), planner=SafeLoadPlanner(allow_partial_load=partial))
     model.load_state_dict(state["model"], strict=exclude is None)
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
 
 
 def read_entries(directory: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Full (unsharded) tensors of the model entries ``keys`` (default: every model entry)
-    of a checkpoint directory, read in this process without a process group."""
-    if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{directory}: checkpoint not found")
-    wanted = None if keys is None else {f"model.{k}" for k in keys}
+    """Full (unsharded) tensors of the model entries ``keys`` (default: every model tensor)
+    of a checkpoint directory, read in this process without a process group; checked
+    against the checksums first, nothing unpickled."""
+    directory = Path(directory)
+    verify_checksums(directory)
+    metadata = read_metadata(directory / ".metadata")
+    tensors = {k for k, v in metadata.state_dict_metadata.items()
+               if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
+    wanted = tensors if keys is None else {f"model.{k}" for k in keys}
+    missing = sorted(wanted - tensors)
+    if missing:
+        raise ArtifactError(f"checkpoint has no tensor '{missing[0][len('model.'):]}'", file=directory)
     with warnings.catch_warnings():  # "no process group: loading in a single process" is the point
         warnings.filterwarnings("ignore", message=".*torch.distributed is unavailable.*")
-        if wanted is None:
-            return _load_state_dict_from_keys(checkpoint_id=str(directory))["model"]
-        return _load_state_dict_from_keys(keys=wanted, checkpoint_id=str(directory))["model"]
+        return _load_state_dict_from_keys(keys=wanted, storage_reader=SafeReader(str(directory)))["model"]
+
+
+def intact(directory: Path) -> bool:
+    """Whether ``directory`` is a complete checkpoint whose files match their checksums."""
+    try:
+        verify_checksums(Path(directory))
+        return True
+    except ArtifactError:
+        return False
 
 
 def prune(ckpt_dir: Path, state: TrainState) -> None:

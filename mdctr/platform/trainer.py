@@ -199,6 +199,7 @@ class Trainer:
             raise ValueError("a trainer that keeps only some weights in memory cannot resume")
         state = ckpt.read_state(self.ckpt_dir) if resume else None
         if state is not None and state.last_epoch >= 0:
+            state = self._intact_resume_point(state)
             self.dense_opt.init_state()  # optimizer state is lazy: create it so DCP loads into it
             ckpt.load(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, state.last_epoch))
             log.info("resumed from epoch %d (best %d, WAUC %.5f)", state.last_epoch, state.best_epoch,
@@ -225,6 +226,22 @@ class Trainer:
                 for k, v in self._kept.items():
                     current[k].copy_(v)
         return state
+
+    def _intact_resume_point(self, state: ckpt.TrainState) -> ckpt.TrainState:
+        """The state to resume from: the last epoch if its checkpoint is intact, else the
+        best epoch (the only earlier one kept) with the history after it dropped, so training
+        goes on from there exactly as it did the first time; raises if neither is intact."""
+        last = ckpt.epoch_dir(self.ckpt_dir, state.last_epoch)
+        if ckpt.intact(last):
+            return state
+        best = ckpt.epoch_dir(self.ckpt_dir, state.best_epoch)
+        if state.best_epoch == state.last_epoch or not ckpt.intact(best):
+            ckpt.verify_checksums(last)  # raises, naming the damaged file
+        log.warning("the checkpoint of epoch %d is damaged; resuming from epoch %d, the last intact one",
+                    state.last_epoch, state.best_epoch)
+        history = [h for h in state.history if h["epoch"] <= state.best_epoch]
+        return ckpt.TrainState(last_epoch=state.best_epoch, best_epoch=state.best_epoch, best_wauc=state.best_wauc,
+                               bad_epochs=0, stopped=False, history=history)
 
     def _end_epoch(self, state: ckpt.TrainState, epoch: int, train_loss: float | None, t0: float, *,
                    last: bool = False) -> None:
