@@ -235,6 +235,9 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
             for j, d in enumerate(domains):
                 if d in by_domain:
                     ad, bd, bb = by_domain[d]
+                    if not all(bool(torch.isfinite(t).all()) for t in (ad, bd, bb)):
+                        raise ArtifactError(f"the adapter of domain '{d}' has non-finite weights (layer {i}): "
+                                            "it would make every domain's output NaN", file=run_dir)
                     a[:, j * r: j * r + ad.shape[1]] = ad
                     b[j * r: j * r + bd.shape[0]] = bd
                     bias_d[j] = bb

@@ -126,8 +126,11 @@ def adapted_model(run: AdapterRunDir, extra: list[Path] = (), *, new_domain: str
         if d in seen:
             raise ConfigError(f"adapter for domain '{d}' is passed twice (also {seen[d]})", file=adapter_dir)
         seen[d] = Path(adapter_dir)
-    return AdaptedModel(run.base_model_builder(), own, alpha or (cfg.adapters.alpha if mlora else DEFAULT_ALPHA),
-                        lora_rank or (cfg.adapters.rank if mlora else None), tuple(Path(a) for a in extra),
+    if alpha is None:
+        alpha = cfg.adapters.alpha if mlora else DEFAULT_ALPHA
+    if lora_rank is None:
+        lora_rank = cfg.adapters.rank if mlora else None
+    return AdaptedModel(run.base_model_builder(), own, alpha, lora_rank, tuple(Path(a) for a in extra),
                         new_domain, cfg.train.seed if seed is None else seed, dict(new_rows or {}))
 
 
@@ -208,6 +211,13 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     """
     if rows not in ROW_MODES:
         raise ConfigError(f"--rows must be one of {', '.join(ROW_MODES)}, got {rows!r}")
+    for flag, value in (("--epochs", epochs), ("--alpha", alpha), ("--rank", lora_rank)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"--lr must be > 0, got {lr}")
     out = Path(out)
     run = AdapterRunDir(base)
     run.best_checkpoint()

@@ -29,6 +29,8 @@ def prepare_builtin(name: str, split: str, out: str | Path, *, split_seed: int =
     prepare, splits = BUILTIN[name]
     if split not in splits:
         raise ConfigError(f"--split for {name} must be one of {', '.join(splits)}, got '{split}'")
+    if split_seed < 0:
+        raise ConfigError(f"--split-seed must be >= 0, got {split_seed}")
     return prepare(split, out, split_seed=split_seed, overwrite=overwrite)
 
 

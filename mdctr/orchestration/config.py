@@ -130,7 +130,7 @@ class PipelineConfig(StrictModel):
     actr: ACTRConfig = ACTRConfig()
     labels: LabelsStageConfig | None = None
     finetune: FinetuneStageConfig | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     world_size: int = Field(default=1, ge=1)
 
 

@@ -85,9 +85,9 @@ class TrainLoopConfig(StrictModel):
     #: epochs without a better validation WAUC before stopping
     patience: int = Field(default=2, ge=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     split_kind: Literal["random", "temporal"] = "random"
-    split_seed: int | None = None
+    split_seed: int | None = Field(default=None, ge=0)
     #: train and evaluate on these domains only (default: every domain of the data)
     domains: list[str] | None = None
     #: background batches prepared ahead of the model (0: none)

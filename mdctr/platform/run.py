@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mdctr.core.config import with_overrides
-from mdctr.core.errors import ArtifactError, DataContractError
+from mdctr.core.errors import ArtifactError, ConfigError, DataContractError
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.selection import Selection
 from mdctr.domains.spec import DatasetSpec
@@ -86,6 +86,9 @@ def resolve_config(config: str | Path | TrainConfig, *, world_size: int | None =
                    split_seed: int | None = None, seed: int | None = None,
                    loader: Callable[[Path], TrainConfig] = load_train_config) -> TrainConfig:
     """The config (a file, read by ``loader``, or an object) with command-line overrides."""
+    for flag, value, least in (("--world-size", world_size, 1), ("--split-seed", split_seed, 0), ("--seed", seed, 0)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
     cfg = config if isinstance(config, TrainConfig) else loader(Path(config))
     overrides = {k: v for k, v in (("world_size", world_size), ("train.split_seed", split_seed),
                                    ("train.seed", seed)) if v is not None}

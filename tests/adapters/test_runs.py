@@ -14,7 +14,7 @@ from mdctr.adapters.onboard import FINETUNE_LR_SCALE, finetune, predict
 from mdctr.adapters.run import MLoRATrainConfig, evaluate, train
 from mdctr.adapters.serve import list_adapters, merge
 from mdctr.domains.datasets import resolve_data
-from mdctr.core.errors import DataContractError
+from mdctr.core.errors import ArtifactError
 from mdctr.domains.batching import DatasetReader
 from mdctr.domains.selection import Selection
 from mdctr.platform import checkpoint as ckpt
@@ -117,7 +117,7 @@ def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
     # a different backbone refuses the adapter
     other = tmp_path / "other"
     train(config(data, domains=["M"], seed=1), other)
-    with pytest.raises(DataContractError, match="was trained on backbone"):
+    with pytest.raises(ArtifactError, match="was trained on backbone"):
         predict(other, data, adapters=[tmp_path / "adapter-F"], domains=["F"])
 
     # merged single-domain serving form equals the adapted model
