@@ -8,7 +8,8 @@ Exit status (:func:`main`):
 
 * 0: done.
 * 2: bad input, one line on stderr: ``mdctr: error: <file>: <problem>`` (an
-  :class:`~mdctr.core.errors.InputError`), or a usage error as typer prints it.
+  :class:`~mdctr.core.errors.InputError`), or a usage error (``mdctr: error: No such
+  option: --bogus (see 'mdctr train --help')``).
 * 130: interrupted (``mdctr: interrupted``).
 * 1: anything else is a bug and propagates with its traceback.
 """
@@ -40,15 +41,14 @@ _INTERRUPTED = 130
 
 
 def _show_usage_error(exc: _ClickException) -> None:
-    """Print a usage error exactly as typer does in standalone mode."""
-    from typer.core import HAS_RICH
-
-    if HAS_RICH and getattr(app, "rich_markup_mode", None) is not None:
-        from typer import rich_utils
-
-        rich_utils.rich_format_error(exc)
-    else:
+    """A usage error as one line naming the option or argument and where to get help; a
+    command group called without a subcommand prints its help instead."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
         exc.show()
+        return
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.echo("mdctr: error: " + " ".join(exc.format_message().split()) + hint, err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,10 +62,17 @@ def read_state(ckpt_dir: Path) -> TrainState | None:
     path = Path(ckpt_dir) / STATE_FILE
     if not path.exists():
         return None
-    raw = json.loads(path.read_text())
-    if raw.get("best_wauc") is None:
-        raw["best_wauc"] = float("-inf")
-    return TrainState(**raw)
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("best_wauc") is None:
+            raw["best_wauc"] = float("-inf")
+        state = TrainState(**raw)
+        if not all(isinstance(v, int) for v in (state.last_epoch, state.best_epoch, state.bad_epochs)) \
+                or not isinstance(state.history, list):
+            raise TypeError("wrong field types")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        raise ArtifactError(f"unreadable training state ({exc.__class__.__name__})", file=path) from None
+    return state
 
 
 def write_state(ckpt_dir: Path, state: TrainState) -> None:
