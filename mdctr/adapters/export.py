@@ -186,12 +186,19 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
         prefix = f"pool.{entity}."
         pool.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         pools.append(pool.eval())
-    extra = []
+    extra, seen = [], {}
     for a in adapters:
         tensors, meta = read_adapter(a)
         check_backbone(meta, run_dir, a)
+        if meta["domain"] in seen:
+            raise ConfigError(f"adapter for domain '{meta['domain']}' is passed twice (also {seen[meta['domain']]})",
+                              file=a)
+        seen[meta["domain"]] = a
         extra.append((tensors, meta))
     domains = list(layout.domain_names) + [m["domain"] for _, m in extra if m["domain"] not in layout.domain_names]
+    if domain is not None and domain not in domains:
+        raise ConfigError(f"--domain '{domain}' is neither a domain of the run {list(layout.domain_names)} nor of "
+                          "an --adapter", file=run_dir)
     lora = _adapter_weights(state, extra, domains)
     tables = [state[table_entry(k)].float().clone() for k in layout.keys]
     modes = ["mean" if layout.pooling[k].name == "MEAN" else "sum" for k in layout.keys]

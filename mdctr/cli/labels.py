@@ -7,9 +7,18 @@ from typing import Optional
 
 import typer
 
-from mdctr.cli._options import StoreOpt
+from mdctr.cli._options import SPLITS, StoreOpt
 
 app = typer.Typer(no_args_is_help=True, help="Teacher-label store: write, list, show, gc.")
+
+
+def _store(store: str) -> str:
+    """``--store`` may be missing (an empty store) but not something other than a directory."""
+    from mdctr.core.errors import ConfigError
+
+    if Path(store).exists() and not Path(store).is_dir():
+        raise ConfigError("--store is not a directory", file=store)
+    return store
 
 
 @app.command("write")
@@ -22,10 +31,16 @@ def labels_write(
     world_size: int = typer.Option(1, "--world-size", help="Processes predicting in parallel."),
 ) -> None:
     """Label a dataset split with a teacher run once; the labels become one store version."""
+    from mdctr.core.errors import ConfigError
     from mdctr.platform.labelling import write_labels
 
-    v = write_labels(teacher, data, store=store, split=None if split == "all" else split, split_seed=split_seed,
-                     world_size=world_size)
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be train, valid, test or all, got '{split}'")
+    for flag, value, least in (("--world-size", world_size, 1), ("--split-seed", split_seed, 0)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    v = write_labels(teacher, data, store=_store(store), split=None if split == "all" else split,
+                     split_seed=split_seed, world_size=world_size)
     typer.echo(f"wrote {v.name}: {v.meta['rows']:,} labels of {v.meta['domains']} by teacher "
                f"{v.meta['teacher_run_id']} -> {v.path}")
 
@@ -41,7 +56,7 @@ def labels_list(store: str = StoreOpt) -> None:
     """Committed label versions, oldest first."""
     from mdctr.platform.stores.labels import TeacherLabelStore
 
-    versions = TeacherLabelStore(store).list()
+    versions = TeacherLabelStore(_store(store)).list()
     if not versions:
         typer.echo(f"no label versions in {store}")
     for v in versions:
@@ -57,7 +72,7 @@ def labels_show(version: str = typer.Argument(..., help="Version name or 'latest
 
     from mdctr.platform.stores.labels import TeacherLabelStore
 
-    v = TeacherLabelStore(store).resolve(version)
+    v = TeacherLabelStore(_store(store)).resolve(version)
     m = dict(v.meta, date_range=[_ts(v.meta.get("ts_min")), _ts(v.meta.get("ts_max"))])
     typer.echo(json.dumps({"version": v.name, "path": str(v.path), **m}, indent=1))
 
@@ -70,5 +85,5 @@ def labels_gc(keep: int = typer.Option(..., "--keep", help="Versions to keep (ne
 
     if keep < 0:
         raise ConfigError(f"--keep must be >= 0, got {keep}")
-    removed = TeacherLabelStore(store).gc(keep)
+    removed = TeacherLabelStore(_store(store)).gc(keep)
     typer.echo(f"removed {len(removed)} version(s)" + (f": {', '.join(removed)}" if removed else ""))

@@ -13,6 +13,27 @@ app = typer.Typer(no_args_is_help=True,
                   help="E-CDCTR tri-level transfer: run a stage for a date, replay the calendar, lineage.")
 
 
+def _pipeline(config: Path):
+    """The config's pipeline; its ``store`` may not exist yet but must not be a file."""
+    from mdctr.core.errors import ConfigError
+    from mdctr.orchestration.config import load_pipeline_config
+    from mdctr.orchestration.stages import Pipeline
+
+    cfg = load_pipeline_config(config)
+    if Path(cfg.store).exists() and not Path(cfg.store).is_dir():
+        raise ConfigError(f"store: {cfg.store} is not a directory", file=config)
+    return Pipeline(cfg)
+
+
+def _stage(name: str, flag: str = "STAGE") -> str:
+    from mdctr.core.errors import ConfigError
+    from mdctr.orchestration.stages import STAGES
+
+    if name not in STAGES:
+        raise ConfigError(f"{flag}: unknown stage {name!r} (expected one of {', '.join(STAGES)})")
+    return name
+
+
 @app.command("run")
 def pipeline_run(
     stage: str = typer.Argument(..., help="tpm (monthly tiny pretrain), cpm (weekly complete pretrain) or actr (daily ad model)."),
@@ -24,10 +45,9 @@ def pipeline_run(
     import json
 
     from mdctr.core.timeutil import parse_date
-    from mdctr.orchestration.config import load_pipeline_config
-    from mdctr.orchestration.stages import Pipeline
 
-    rec, created = Pipeline(load_pipeline_config(config)).run(stage, parse_date(day), evaluate_next_day=evaluate)
+    stage, when = _stage(stage), parse_date(day)  # arguments first: a bad one creates no store
+    rec, created = _pipeline(config).run(stage, when, evaluate_next_day=evaluate)
     typer.echo(("created " if created else "exists  ") + rec.version_id)
     typer.echo(json.dumps({"inputs": rec.inputs, "window": [rec.window_start, rec.window_end], "rows": rec.rows,
                            "metrics": rec.metrics, "path": rec.path}, indent=1))
@@ -42,12 +62,15 @@ def pipeline_replay(
 ) -> None:
     """Run the cadence (monthly TPM, weekly CPM, daily A-CTR) over historical days and write
     the per-day table of the A-CTR's next-day AUC."""
+    from mdctr.core.errors import ConfigError
     from mdctr.core.timeutil import parse_date
-    from mdctr.orchestration.config import load_pipeline_config
-    from mdctr.orchestration.replay import format_table, replay
-    from mdctr.orchestration.stages import Pipeline
+    from mdctr.orchestration.replay import calendar_days, format_table, replay
 
-    result = replay(Pipeline(load_pipeline_config(config)), parse_date(start, "--from"), parse_date(end, "--to"), out=out)
+    first, last = parse_date(start, "--from"), parse_date(end, "--to")
+    calendar_days(first, last)  # flags first: a bad one creates no store
+    if out is not None and out.is_dir():
+        raise ConfigError("--out is a directory (it names the per-day CSV file)", file=out)
+    result = replay(_pipeline(config), first, last, out=out)
     typer.echo(format_table(result))
 
 
@@ -57,10 +80,9 @@ def pipeline_list(
     stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
 ) -> None:
     """Versions recorded in the config's lineage database."""
-    from mdctr.orchestration.config import load_pipeline_config
-    from mdctr.orchestration.stages import Pipeline
-
-    for rec in Pipeline(load_pipeline_config(config)).lineage.list(stage):
+    if stage is not None:
+        _stage(stage, "--stage")
+    for rec in _pipeline(config).lineage.list(stage):
         typer.echo(f"{rec.version_id:<32} window {rec.window_start}..{rec.window_end}  rows {rec.rows}  "
                    f"inputs {rec.inputs}")
 
@@ -71,10 +93,8 @@ def pipeline_show(version: str = typer.Argument(..., help="Version id."), config
     import json
 
     from mdctr.core.errors import ArtifactError
-    from mdctr.orchestration.config import load_pipeline_config
-    from mdctr.orchestration.stages import Pipeline
 
-    pipe = Pipeline(load_pipeline_config(config))
+    pipe = _pipeline(config)
     rec = pipe.lineage.get(version)
     if rec is None:
         raise ArtifactError(f"no version '{version}' in {pipe.lineage.engine.url}")

@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 
+from mdctr.cli._options import SPLITS
 from mdctr.core.errors import ConfigError
-
-SPLITS = ("train", "valid", "test", "all")
 
 
 def train_cmd(

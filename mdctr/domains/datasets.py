@@ -69,6 +69,8 @@ def resolve_data(ref: str | Path) -> Path:
         return _synthetic_ref(ref_s.split(":", 1)[1])
     if is_builtin_ref(ref_s):
         name, split = ref_s.split(":", 1)
+        if split not in BUILTIN[name][1]:  # named as given (prepare_builtin's message is about --split)
+            raise ConfigError(f"unknown split '{split}' of {name} (one of {', '.join(BUILTIN[name][1])})", file=ref_s)
         out = cache_dir() / "datasets" / f"{name}-{split}"
         _prepare_once(out, lambda: prepare_builtin(name, split, out, overwrite=out.exists()))
         return out

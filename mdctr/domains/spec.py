@@ -14,6 +14,9 @@ A dataset is a directory of Parquet files plus ``dataset.yaml``::
       random: {seed: 0, train: 0.8, valid: 0.1}
       temporal: {valid_start: 889574400, test_start: 890179200}
 
+``files`` are named relative to the directory and must stay inside it (no absolute
+paths, no ``..``).
+
 Cardinality of an id field is ``max raw id + 1``: the platform hashes raw ids into its
 tables, so the value sizes a table, it does not bound the ids.
 """
@@ -21,7 +24,7 @@ tables, so the value sizes a table, it does not bound the ids.
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -137,6 +140,17 @@ class DatasetSpec(StrictModel):
         if v != FORMAT_VERSION:
             raise ValueError(f"unsupported format_version {v} (this mdctr reads {FORMAT_VERSION})")
         return v
+
+    @field_validator("files")
+    @classmethod
+    def _inside(cls, files: list[str]) -> list[str]:
+        """Data files are named relative to the dataset directory and stay inside it."""
+        for name in files:
+            p = PurePosixPath(name)
+            if (not name or p.is_absolute() or PureWindowsPath(name).drive or ".." in p.parts or "\\" in name):
+                raise ValueError(f"data file {name!r} is outside the dataset directory (files are named "
+                                 f"relative to it, without '..')")
+        return files
 
     @model_validator(mode="after")
     def _unique(self) -> "DatasetSpec":

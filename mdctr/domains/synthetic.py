@@ -77,7 +77,7 @@ class SyntheticConfig(StrictModel):
     """``configs/synthetic.yaml``; every key is optional."""
 
     name: str = "synthetic"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     rows: int = Field(default=200_000, ge=1)
     chunk_rows: int = Field(default=1_000_000, ge=1_000)
     users: int = Field(default=20_000, ge=1)

@@ -3,12 +3,15 @@
 One set of checks serves ``mdctr data validate``, the readers and the writers of
 ``prepare``/``synth``: :func:`check_table` checks one Arrow table (a file or a chunk),
 :class:`DatasetChecker` adds the checks that span files (duplicate ``example_id``, empty
-dataset, counts against ``dataset.yaml``). Every failure is a :class:`DataContractError`
+dataset, counts against ``dataset.yaml``); :func:`validate_dataset` also checks the
+per-domain row and positive counts and the recorded ``fingerprint`` (SHA-256 of the data
+files' bytes, in order) against the files. Every failure is a :class:`DataContractError`
 whose message is one line naming the file and column.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,10 +174,31 @@ def validate_dataset(directory: str | Path) -> tuple[DatasetSpec, DatasetChecker
             file=directory / "dataset.yaml",
         )
     for d in spec.domains:
-        if d.rows is not None and checker.domain_rows.get(d.name, 0) != d.rows:
+        for what, recorded, counted in (("rows", d.rows, checker.domain_rows),
+                                        ("positives", d.positives, checker.domain_positives)):
+            if recorded is not None and counted.get(d.name, 0) != recorded:
+                raise DataContractError(
+                    f"domain '{d.name}': dataset.yaml says {what}: {recorded}, "
+                    f"the data files hold {counted.get(d.name, 0)}",
+                    file=directory / "dataset.yaml",
+                )
+    if spec.fingerprint is not None:
+        got = data_fingerprint([directory / name for name in spec.files])
+        if got != spec.fingerprint:
             raise DataContractError(
-                f"domain '{d.name}': dataset.yaml says rows: {d.rows}, "
-                f"the data files hold {checker.domain_rows.get(d.name, 0)}",
+                f"fingerprint: dataset.yaml says {spec.fingerprint[:16]}..., the data files hash to {got[:16]}... "
+                f"(the files changed after dataset.yaml was written)",
                 file=directory / "dataset.yaml",
             )
     return spec, checker
+
+
+def data_fingerprint(paths: list[Path]) -> str:
+    """SHA-256 over the bytes of the data files, in order (what the dataset writer records
+    as ``fingerprint``)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()

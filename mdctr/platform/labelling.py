@@ -5,12 +5,15 @@ are joined with each row's ``ts`` and domain and committed as one version of the
 :class:`~mdctr.platform.stores.labels.TeacherLabelStore`, in parts of ``PART_ROWS`` rows,
 stamped with the teacher's run id and fingerprint and the data's directory, fingerprint and
 ``ts`` range.
+
+The teacher's predictions go to a scratch directory inside the store (a hidden
+``.tmp-PID-TOKEN`` entry, like a version being written): it is removed when the write ends,
+and if the writer is killed, ``labels gc`` or the next write removes it.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,15 +62,20 @@ def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, sp
     ident = run.identity()
     data_dir = resolve_data(data)
     spec, _ = validate_dataset(data_dir)
-    scratch = Path(tempfile.mkdtemp(prefix="mdctr-labels-"))
+    labels = TeacherLabelStore(store)
+    labels.list()  # another kind of store, or a damaged manifest, fails before the teacher predicts
+    labels.versions.remove_stale()
+    new_store = not labels.root.exists()
+    scratch = labels.versions.scratch(create=False)
+    out = scratch / "predictions.parquet"
+    job = prediction_job(run, data_dir, split, PredictionsOutput(out, "eval"), split_seed=split_seed,
+                         world_size=world_size)  # checks the data against the teacher first
+    if window is not None:
+        job.selection = job.selection.with_window(*window)
+    if domains is not None:
+        job.selection = job.selection.with_domains(domains)
+    scratch.mkdir(parents=True)
     try:
-        out = scratch / "predictions.parquet"
-        job = prediction_job(run, data_dir, split, PredictionsOutput(out, "eval"), split_seed=split_seed,
-                             world_size=world_size)
-        if window is not None:
-            job.selection = job.selection.with_window(*window)
-        if domains is not None:
-            job.selection = job.selection.with_domains(domains)
         resolve_launcher(launcher).launch(job)
         preds = pq.read_table(out, columns=["example_id", "logit", "domain"]).rename_columns(
             ["example_id", "teacher_logit", "domain"])
@@ -79,6 +87,8 @@ def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, sp
                 "teacher_dir": str(run.path.resolve()), "teacher_config": run.config.fingerprint(),
                 "data_dir": str(data_dir.resolve()), "data_fingerprint": spec.fingerprint, "split": split,
                 "split_seed": split_seed, "window": None if window is None else list(window)}
-        return TeacherLabelStore(store).write(_parts(preds, data_dir), meta)
+        return labels.write(_parts(preds, data_dir), meta)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if new_store and labels.root.is_dir() and not any(labels.root.iterdir()):
+            labels.root.rmdir()  # a failed first write leaves no empty store behind

@@ -187,6 +187,8 @@ def evaluate(run_dir: str | Path | RunDir, data: str | Path | None = None, *, sp
     if not data_dir.is_dir():
         raise ArtifactError(f"the run's data directory {data_dir} is gone (pass --data)", file=run.path)
     out_file = Path(out) if out is not None else run.path / f"eval-{split or 'all'}.json"
+    if out_file.is_dir():
+        raise ConfigError("is a directory, not a metrics file (--out)", file=out_file)
     output = MetricsOutput(out_file, "eval", split or "all")
     resolve_launcher(launcher).launch(prediction_job(run, data_dir, split, output))
     return json.loads(out_file.read_text())

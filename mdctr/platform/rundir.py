@@ -53,7 +53,8 @@ class RunDir:
     def __init__(self, path: str | Path, *, loader: Callable[[Path], TrainConfig] = load_train_config):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise RunDirError("not a run directory (does not exist)", file=self.path)
+            what = "it is a file" if self.path.exists() else "does not exist"
+            raise RunDirError(f"not a run directory ({what})", file=self.path)
         for name in (CONFIG_FILE, RUN_FILE, "dataset.yaml"):
             if not (self.path / name).is_file():
                 raise RunDirError(f"not a run directory (no {name})", file=self.path)

@@ -263,3 +263,99 @@ def test_atomic_dir_keeps_existing_output_on_failure(tmp_path):
     with atomic_dir(empty) as tmp:
         (tmp / "x").write_text("x")
     assert [p.name for p in empty.iterdir()] == ["x"]
+
+
+# -- data files stay inside the dataset; counts and fingerprint match the files ----------------------
+
+
+@pytest.mark.parametrize("entry", ["../outside/part-00000.parquet", "ABS", "sub/../../outside/part-00000.parquet",
+                                   "..", ""], ids=["parent", "absolute", "dotdot-inside", "parent-dir", "empty"])
+def test_data_files_outside_the_dataset_are_refused(small_synth_dir, copy_dataset, tmp_path, entry):
+    d = copy_dataset(small_synth_dir)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (d / PART).rename(outside / PART)  # a valid file: only its place is wrong
+    entry = entry.replace("ABS", str(outside / PART))
+    edit_yaml(d, lambda y: y.update(files=[entry]))
+    with pytest.raises(DataContractError) as info:
+        validate_dataset(d)
+    check_error(info, d / "dataset.yaml", None, None,
+                f"'files': data file {entry!r} is outside the dataset directory")
+    with pytest.raises(DataContractError, match="outside the dataset directory"):
+        load_spec(d)  # every reader of dataset.yaml refuses it
+
+
+def test_data_files_in_a_subdirectory_are_fine(small_synth_dir, copy_dataset):
+    d = copy_dataset(small_synth_dir)
+    (d / "parts").mkdir()
+    (d / PART).rename(d / "parts" / PART)
+    edit_yaml(d, lambda y: y.update(files=[f"parts/{PART}"]))
+    assert validate_dataset(d)[0].files == [f"parts/{PART}"]
+
+
+def _flip_labels(t: pa.Table, domain: str, up: int, down: int) -> pa.Table:
+    """Flip ``up`` negatives to positives and ``down`` positives to negatives in ``domain``."""
+    label = t.column("label").to_numpy().copy()
+    dom = np.asarray(t.column("domain").to_pylist())
+    neg, pos = np.flatnonzero((dom == domain) & (label == 0)), np.flatnonzero((dom == domain) & (label == 1))
+    label[neg[:up]], label[pos[:down]] = 1, 0
+    return set_column(t, "label", pa.array(label, pa.int8()))
+
+
+def _rewrite_same_rows(d: Path) -> None:
+    pq.write_table(pq.read_table(d / PART), d / PART, compression="gzip")
+
+
+CHANGED = [
+    # id, change (dataset dir, first domain name), expected message (name: first domain, spec: the original)
+    ("one-label-flipped", lambda d, name: rewrite(d, lambda t: _flip_labels(t, name, 1, 0)),
+     lambda name, spec: f"domain '{name}': dataset.yaml says positives: {spec.domains[0].positives}, "
+                        f"the data files hold {spec.domains[0].positives + 1}"),
+    ("labels-swapped", lambda d, name: rewrite(d, lambda t: _flip_labels(t, name, 3, 3)),
+     lambda name, spec: f"fingerprint: dataset.yaml says {spec.fingerprint[:16]}..."),
+    ("same-rows-rewritten", lambda d, name: _rewrite_same_rows(d),
+     lambda name, spec: "the files changed after dataset.yaml was written"),
+    ("yaml-positives", lambda d, name: edit_yaml(d, lambda y: y["domains"][0].update(positives=0)),
+     lambda name, spec: f"domain '{name}': dataset.yaml says positives: 0, the data files hold "
+                        f"{spec.domains[0].positives}"),
+    ("yaml-fingerprint", lambda d, name: edit_yaml(d, lambda y: y.update(fingerprint="0" * 64)),
+     lambda name, spec: "fingerprint: dataset.yaml says 0000000000000000..., the data files hash to "
+                        f"{spec.fingerprint[:16]}..."),
+]
+
+
+@pytest.mark.parametrize("change, message", [c[1:] for c in CHANGED], ids=[c[0] for c in CHANGED])
+def test_data_changed_after_dataset_yaml_was_written(small_synth_dir, copy_dataset, change, message):
+    d = copy_dataset(small_synth_dir)
+    spec = load_spec(d)
+    change(d, spec.domains[0].name)
+    with pytest.raises(DataContractError) as info:
+        validate_dataset(d)
+    check_error(info, d / "dataset.yaml", None, None, message(spec.domains[0].name, spec))
+
+
+def test_a_dataset_without_a_fingerprint_is_checked_by_counts_only(small_synth_dir, copy_dataset):
+    d = copy_dataset(small_synth_dir)
+    edit_yaml(d, lambda y: y.pop("fingerprint"))
+    _rewrite_same_rows(d)
+    assert validate_dataset(d)[0].fingerprint is None
+
+
+def test_fingerprint_is_the_writers(small_synth_dir):
+    from mdctr.domains.validate import data_fingerprint
+    from mdctr.domains.writer import file_fingerprint
+
+    spec = load_spec(small_synth_dir)
+    paths = [small_synth_dir / f for f in spec.files]
+    assert data_fingerprint(paths) == file_fingerprint(paths) == spec.fingerprint
+
+
+def test_cli_validate_of_changed_labels_is_one_line(small_synth_dir, copy_dataset, capsys):
+    from mdctr.cli import main
+
+    d = copy_dataset(small_synth_dir)
+    name = load_spec(d).domains[0].name
+    rewrite(d, lambda t: _flip_labels(t, name, 2, 2))
+    assert main(["data", "validate", str(d)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mdctr: error: {d / 'dataset.yaml'}: fingerprint: ")

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from mdctr.core.timeutil import day_ts
+from mdctr.domains.spec import load_spec, save_spec
+from mdctr.domains.validate import data_fingerprint
 from mdctr.orchestration.stages import Pipeline
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.rundir import RunDir
@@ -122,7 +124,14 @@ def _poison_after(src: Path, dst: Path, day: date) -> int:
     cols["label"] = pc.if_else(late, pc.subtract(1, t["label"]), t["label"]).cast(t["label"].type)
     cols["user_id"] = pc.if_else(late, pc.add(pc.multiply(t["user_id"], 7), 1), t["user_id"])
     cols["user_id"] = pc.if_else(pc.greater_equal(cols["user_id"], 400), t["user_id"], cols["user_id"])
-    pq.write_table(pa.table(cols, schema=t.schema), f, row_group_size=pq.ParquetFile(src / "part-00000.parquet").metadata.row_group(0).num_rows)
+    poisoned = pa.table(cols, schema=t.schema)
+    pq.write_table(poisoned, f, row_group_size=pq.ParquetFile(src / "part-00000.parquet").metadata.row_group(0).num_rows)
+    # a changed dataset is a new dataset: its dataset.yaml records the new positives and fingerprint
+    spec = load_spec(dst)
+    positives = poisoned.group_by("domain").aggregate([("label", "sum")]).to_pydict()
+    positives = dict(zip(positives["domain"], positives["label_sum"]))
+    domains = [d.model_copy(update={"positives": positives.get(d.name, 0)}) for d in spec.domains]
+    save_spec(spec.model_copy(update={"domains": domains, "fingerprint": data_fingerprint([f])}), dst)
     return int(pc.sum(late).as_py())
 
 
@@ -209,3 +218,203 @@ def test_a_stage_version_is_a_run_for_evaluate_export_and_finetune(ran, tmp_path
                        window=(None, day_ts(MARCH_2)))
     assert adapter["base_run_id"] == actr.version_id and adapter["domain"] == "ad"
     assert 0.4 < adapter["metrics"]["domains"]["ad"]["auc"] < 1 and adapter["parameters"] > 0
+
+
+# -- paths relative to the store, intact versions only, empty windows ----------------------------------
+
+
+def _copy_store(pipe: Pipeline, pipeline_config, ads_data, dst: Path) -> Pipeline:
+    shutil.copytree(pipe.root, dst)
+    return Pipeline(pipeline_config(ads_data, dst))
+
+
+def test_lineage_paths_are_relative_and_a_copied_store_reads_its_own_versions(ran, ads_data, pipeline_config,
+                                                                             tmp_path, capsys):
+    import sqlite3
+
+    from mdctr.cli import main
+    from mdctr.core.config import dump_model
+
+    pipe, (tpm, cpm, actr) = ran
+    with sqlite3.connect(pipe.root / "lineage.sqlite") as con:
+        stored = dict(con.execute("SELECT version_id, path FROM versions").fetchall())
+    assert stored == {r.version_id: f"versions/{r.version_id}" for r in (tpm, cpm, actr)}
+    assert json.loads((Path(actr.path) / "stage.json").read_text())["path"] == f"versions/{actr.version_id}"
+    copy = _copy_store(pipe, pipeline_config, ads_data, tmp_path / "copy")
+    for rec in (tpm, cpm, actr):
+        got = copy.lineage.get(rec.version_id)
+        assert Path(got.path) == (tmp_path / "copy" / "versions" / rec.version_id).absolute()
+        assert got == rec.__class__(**{**rec.to_dict(), "path": got.path})
+    again, created = copy.run("actr", MARCH_2)
+    assert not created and again.path.startswith(str(tmp_path / "copy"))
+    assert RunDir(again.path).run_id == actr.version_id
+    assert copy.latest("cpm", MARCH_2).path.startswith(str(tmp_path / "copy"))
+    # `pipeline show` prints the usable (absolute) path of the copy
+    dump_model(pipeline_config(ads_data, tmp_path / "copy"), tmp_path / "p.yaml")
+    assert main(["pipeline", "show", actr.version_id, "--config", str(tmp_path / "p.yaml")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert Path(shown["path"]).is_dir() and shown["path"].startswith(str(tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("bad", ["../elsewhere", "/ABS", "versions/../../elsewhere", "", "SYMLINK"],
+                         ids=["parent", "absolute", "dotdot", "empty", "symlink-out"])
+def test_lineage_path_outside_the_store_is_refused(ran, ads_data, pipeline_config, tmp_path, bad):
+    import sqlite3
+
+    from mdctr.core.errors import ArtifactError
+
+    pipe, (_, _, actr) = ran
+    copy = _copy_store(pipe, pipeline_config, ads_data, tmp_path / "copy")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(Path(actr.path), elsewhere)
+    if bad == "SYMLINK":
+        (tmp_path / "copy" / "versions" / "link").symlink_to(elsewhere, target_is_directory=True)
+        bad = "versions/link"
+    bad = bad.replace("/ABS", str(elsewhere))
+    with sqlite3.connect(tmp_path / "copy" / "lineage.sqlite") as con:
+        con.execute("UPDATE versions SET path = ? WHERE version_id = ?", (bad, actr.version_id))
+    for read in (lambda: copy.lineage.get(actr.version_id), lambda: copy.lineage.list("actr"),
+                 lambda: copy.run("actr", MARCH_2)):
+        with pytest.raises(ArtifactError) as info:
+            read()
+        line = str(info.value)
+        assert "\n" not in line and line.startswith(f"{(tmp_path / 'copy' / 'lineage.sqlite').resolve()}: ")
+        assert f"version '{actr.version_id}': recorded path {bad!r} is outside the store" in line
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _biggest_checkpoint_file(version: Path) -> Path:
+    return max((p for p in (version / "checkpoints").rglob("*") if p.is_file() and p.name != "checksums.json"),
+               key=lambda p: p.stat().st_size)
+
+
+DAMAGED = [
+    # id, stage, damage to the recorded version directory, message fragment
+    ("checkpoints-deleted", "actr", lambda d: shutil.rmtree(d / "checkpoints"), "run has no finished checkpoint"),
+    ("best-epoch-deleted", "cpm", lambda d: [shutil.rmtree(e) for e in (d / "checkpoints").glob("epoch-*")],
+     "best checkpoint is missing"),
+    ("flipped-byte", "actr", lambda d: _flip_byte(_biggest_checkpoint_file(d)), "checkpoint file is corrupt"),
+    ("checksums-deleted", "tpm", lambda d: [p.unlink() for p in (d / "checkpoints").rglob("checksums.json")],
+     "checkpoint has no checksums.json"),
+    ("state-unreadable", "actr", lambda d: (d / "checkpoints" / "state.json").write_text("{"), "unreadable"),
+    ("stage-json-deleted", "cpm", lambda d: (d / "stage.json").unlink(), "no stage.json"),
+    ("run-json-deleted", "actr", lambda d: (d / "run.json").unlink(), "no run.json"),
+    ("config-deleted", "actr", lambda d: (d / "config.yaml").unlink(), "not a run directory (no config.yaml)"),
+]
+
+
+@pytest.mark.parametrize("stage, damage, match", [d[1:] for d in DAMAGED], ids=[d[0] for d in DAMAGED])
+def test_damaged_recorded_version_is_refused(ran, ads_data, pipeline_config, tmp_path, stage, damage, match):
+    from mdctr.core.errors import ArtifactError
+
+    pipe, recs = ran
+    rec = {r.stage: r for r in recs}[stage]
+    day = date.fromisoformat(rec.date)
+    copy = _copy_store(pipe, pipeline_config, ads_data, tmp_path / "copy")
+    version = tmp_path / "copy" / "versions" / rec.version_id
+    damage(version)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "copy").rglob("*"))
+    with pytest.raises(ArtifactError) as info:
+        copy.run(stage, day)
+    line = str(info.value)
+    assert "\n" not in line and line.startswith(f"{version.absolute()}: damaged {stage} version (")
+    assert match in line and "remove this directory to run the stage for this date again" in line, line
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "copy").rglob("*")) == before  # nothing written
+
+
+def test_a_removed_damaged_version_is_run_again(ran, ads_data, pipeline_config, tmp_path):
+    pipe, (_, _, actr) = ran
+    copy = _copy_store(pipe, pipeline_config, ads_data, tmp_path / "copy")
+    version = Path(copy.lineage.get(actr.version_id).path)
+    shutil.rmtree(version / "checkpoints")
+    shutil.rmtree(version)  # the recovery the error names
+    again, created = copy.run("actr", MARCH_2)
+    assert created and again == copy.lineage.get(actr.version_id) and again.path == str(version)
+    assert ckpt.intact(RunDir(version).best_checkpoint())
+    assert len(copy.lineage.list("actr")) == 1
+
+
+def test_lost_lineage_row_of_a_damaged_version_is_refused(ran, ads_data, pipeline_config, tmp_path):
+    """A committed version whose lineage insert was lost is recorded again only if intact."""
+    import sqlite3
+
+    from mdctr.core.errors import ArtifactError
+
+    pipe, (_, cpm, _) = ran
+    copy = _copy_store(pipe, pipeline_config, ads_data, tmp_path / "copy")
+    with sqlite3.connect(tmp_path / "copy" / "lineage.sqlite") as con:
+        con.execute("DELETE FROM versions WHERE version_id = ?", (cpm.version_id,))
+    version = tmp_path / "copy" / "versions" / cpm.version_id
+    state = (version / "checkpoints" / "state.json").read_text()
+    (version / "checkpoints" / "state.json").unlink()
+    with pytest.raises(ArtifactError, match="damaged cpm version"):
+        copy.run("cpm", MARCH_1)
+    assert copy.lineage.get(cpm.version_id) is None
+    (version / "checkpoints" / "state.json").write_text(state)
+    again, created = copy.run("cpm", MARCH_1)
+    assert not created and again.version_id == cpm.version_id and again.path == str(version.absolute())
+
+
+@pytest.mark.parametrize("stage, day, window", [
+    ("tpm", date(2023, 12, 1), "2023-10-02..2023-12-01"),
+    ("cpm", date(2024, 1, 1), "2023-12-18..2024-01-01"),
+    ("actr", date(2024, 1, 1), "2023-12-30..2024-01-01"),
+    ("actr", date(2024, 6, 1), "2024-05-30..2024-06-01"),  # after the data ends
+])
+def test_a_window_without_rows_commits_nothing(ads_data, pipeline_config, tmp_path, stage, day, window):
+    from mdctr.core.errors import ConfigError
+
+    pipe = Pipeline(pipeline_config(ads_data, tmp_path / "store"))
+    with pytest.raises(ConfigError) as info:
+        pipe.run(stage, day)
+    line = str(info.value)
+    assert line == f"{ads_data}: stage {stage} for {day}: its window {window} has no rows to train on"
+    from mdctr.orchestration.stages import get_stage
+
+    rows, domains = get_stage(stage).window(pipe, day)
+    assert domains == (pipe.organic if stage != "actr" else pipe.ad) and pipe.window_rows(rows, domains) == 0
+    assert not (tmp_path / "store" / "versions").exists() or not any((tmp_path / "store" / "versions").iterdir())
+    assert pipe.lineage.list() == [] and pipe.embeddings.months() == []
+
+
+def test_a_stage_that_trained_on_no_rows_commits_nothing(ads_data, pipeline_config, tmp_path, monkeypatch):
+    """Rows in the window but none trained on (e.g. all in the window's valid part): the
+    stage's StageRun says rows 0 and the pipeline refuses to commit it."""
+    import dataclasses
+
+    from mdctr.core.errors import ConfigError
+    from mdctr.orchestration.stages import registry
+    from mdctr.orchestration.stages.registry import StageRun
+
+    def no_rows(pipe, day, out, vid, **kw):
+        (out / "model.bin").write_bytes(b"x")
+        return StageRun((day_ts(day) - 86_400, day_ts(day)), 0, {}, {})
+
+    monkeypatch.setitem(registry.STAGES, "actr", dataclasses.replace(registry.STAGES["actr"], run=no_rows))
+    pipe = Pipeline(pipeline_config(ads_data, tmp_path / "store"))
+    with pytest.raises(ConfigError, match="stage actr for 2024-03-02: its window 2024-03-01..2024-03-02 has no rows"):
+        pipe.run("actr", MARCH_2)
+    versions = tmp_path / "store" / "versions"
+    assert not versions.exists() or list(versions.iterdir()) == []
+    assert pipe.lineage.list() == []
+
+
+@pytest.mark.parametrize("stage, files, problem", [
+    ("labels", ["stage.json"], None),
+    ("labels", [], "no stage.json"),
+    ("finetune", ["stage.json", "adapter.json", "adapter.safetensors"], None),
+    ("finetune", ["stage.json", "adapter.json"], "no adapter.safetensors"),
+    ("finetune", ["stage.json", "adapter.safetensors"], "no adapter.json"),
+    ("tpm", ["stage.json"], "no run.json"),
+])
+def test_versions_that_are_not_runs_need_their_own_files(tmp_path, stage, files, problem):
+    from mdctr.orchestration.stages.pipeline import _damage
+
+    for f in files:
+        (tmp_path / f).write_text("{}")
+    assert _damage(stage, tmp_path) == problem

@@ -22,6 +22,7 @@ from mdctr.domains.spec import load_spec
 from mdctr.platform.config import DistillConfig
 from mdctr.platform.distill import AuxHeadCTRModel, StudentLogits, TeacherJoin, distill_loss, served_logits
 from mdctr.platform.labelling import write_labels
+from mdctr.platform.launcher import LocalLauncher
 from mdctr.platform.model import feature_layout
 from mdctr.platform.run import evaluate, train
 from mdctr.platform.stores.labels import TeacherLabelStore
@@ -116,6 +117,12 @@ def test_crash_mid_write_loses_nothing_committed(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def _batch(labels, ids) -> Batch:
     n = len(labels)
     return Batch(None, torch.zeros(n, 0), torch.tensor(labels, dtype=torch.float32), torch.zeros(n, dtype=torch.long),
@@ -145,7 +152,27 @@ def test_teacher_labels_then_student(ml_gender, make_config, tmp_path):
     teacher_cfg = make_config(ml_gender, model={"embedding_dim": 24, "hidden": [96, 48]}, train={"epochs": 2})
     train(teacher_cfg, tmp_path / "teacher")
     store = tmp_path / "labels"
-    v = write_labels(tmp_path / "teacher", ml_gender, store=store)
+    # a killed writer's scratch (its PID is gone) is removed by the next write; the
+    # predictions go to a hidden scratch entry inside the store, removed when done
+    stale = store / f".tmp-{_dead_pid()}-0badf00d"
+    stale.mkdir(parents=True)
+    (stale / "predictions.parquet").write_bytes(b"x" * 1000)
+    scratch: list[Path] = []
+
+    class Recording:
+        def launch(self, job):
+            scratch.append(job.output.out)
+            assert not stale.exists()
+            LocalLauncher().launch(job)
+
+    v = write_labels(tmp_path / "teacher", ml_gender, store=store, launcher=Recording())
+    assert len(scratch) == 1 and scratch[0].parent.parent == store.absolute()
+    assert scratch[0].parent.name.startswith(f".tmp-{os.getpid()}-") and not scratch[0].parent.exists()
+    assert not list(store.glob(".tmp-*"))
+    # a write that fails after predicting leaves neither scratch nor an empty new store
+    with pytest.raises(ValueError, match="selects no rows"):
+        write_labels(tmp_path / "teacher", ml_gender, store=tmp_path / "empty", window=(0, 1))
+    assert not (tmp_path / "empty").exists()
     assert v.meta["rows"] == 79_900 and v.meta["split"] == "train" and v.meta["domains"] == ["F", "M"]
     # the stored logits are the teacher's predictions
     teacher_pred = TeacherLabelStore(store).reader().logits
@@ -192,3 +219,88 @@ def test_labels_before_a_date_that_has_none(ml_gender, make_config, tmp_path):
     with pytest.raises(ValueError, match="no teacher-label version with data before 2020-01-01"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# -- integrity, paths and scratch of the label store ------------------------------------------------
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _extra(d: Path) -> None:
+    (d / "part-00009.parquet").write_bytes((d / "part-00000.parquet").read_bytes())
+
+
+LABEL_DAMAGE = [
+    # id, damage to the version directory, the file the error names, message fragment
+    ("flipped-byte", lambda d: _flip(d / "part-00001.parquet", 1234), "part-00001.parquet", "store file is corrupt"),
+    ("flipped-footer-byte", lambda d: _flip(d / "part-00000.parquet", -20), "part-00000.parquet",
+     "store file is corrupt"),
+    ("truncated", lambda d: _truncate(d / "part-00000.parquet"), "part-00000.parquet", "store file is corrupt"),
+    ("deleted-part", lambda d: (d / "part-00001.parquet").unlink(), "part-00001.parquet", "store file is missing"),
+    ("extra-part", _extra, "part-00009.parquet", "file not recorded in manifest.json"),
+]
+
+
+@pytest.mark.parametrize("damage, name, match", [d[1:] for d in LABEL_DAMAGE], ids=[d[0] for d in LABEL_DAMAGE])
+def test_damaged_label_version_is_refused_naming_the_file(tmp_path, damage, name, match):
+    from mdctr.core.errors import ArtifactError
+    from mdctr.platform.stores.labels import LabelReader
+
+    store = TeacherLabelStore(tmp_path)
+    v = store.write([_part(np.arange(5000), 1), _part(np.arange(5000, 9000), 2, "M")], {})
+    good = store.write([_part(np.arange(10), 3)], {})
+    LabelReader(v)  # intact
+    damage(v.path)
+    bad = v.path / name
+    for read in (lambda: store.reader(v.name), lambda: LabelReader(store.resolve(v.name)),
+                 lambda: store.read_range(v.name, domain="F")):
+        with pytest.raises(ArtifactError) as info:
+            read()
+        line = str(info.value)
+        assert "\n" not in line and line.startswith(f"{bad}: ") and match in line and f"version '{v.name}'" in line
+    assert store.reader(good.name).lookup(np.arange(10))[1].all()  # other versions stay readable
+
+
+def test_label_manifest_pointing_outside_the_store_is_refused_by_the_cli(tmp_path):
+    """``labels gc`` on a manifest whose dir leaves the store: exit 2, one line naming
+    manifest.json, the outside directory untouched (and nothing of the store deleted)."""
+    root, outside = tmp_path / "labels", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("mine")
+    store = TeacherLabelStore(root)
+    store.write([_part(range(10))], {})
+    store.write([_part(range(10))], {})
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["versions"][0]["dir"] = "../outside"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.name for p in (root / "data").iterdir())
+    mdctr = str(Path(sys.executable).parent / "mdctr")
+    for args in (["labels", "gc", "--keep", "0"], ["labels", "gc", "--keep", "5"], ["labels", "list"],
+                 ["labels", "show", "latest"]):
+        proc = subprocess.run([mdctr, *args, "--store", str(root)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mdctr: error: {root / 'manifest.json'}: "), proc.stderr
+        assert "'../outside' is outside the store's data/ directory" in lines[0]
+        assert (outside / "precious.txt").read_text() == "mine"
+        assert sorted(p.name for p in (root / "data").iterdir()) == before
+
+
+def test_a_copied_label_store_reads_its_own_files(tmp_path):
+    import shutil
+
+    a = TeacherLabelStore(tmp_path / "a")
+    v = a.write([_part(range(100), 1)], {})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = TeacherLabelStore(tmp_path / "b")
+    assert b.resolve(v.name).path == tmp_path / "b" / v.path.relative_to(tmp_path / "a")
+    shutil.rmtree(tmp_path / "a")
+    assert b.reader(v.name).lookup(np.arange(100))[1].all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from mdctr.core.errors import ArtifactError
 from mdctr.platform.stores.embeddings import EmbeddingStore
 from mdctr.platform.stores.versioned import VersionedStore
 
@@ -121,3 +123,142 @@ def test_id_index_matches_a_dictionary(span):
     assert (pos[found] == [where[int(q)] for q in query[found]]).all() and not pos[~found].any()
     empty_pos, empty_found = IdIndex(np.empty(0, np.int64)).find(query[:5])
     assert not empty_found.any() and not empty_pos.any()
+
+
+# -- paths stay inside the store, integrity of versions, stale scratch ------------------------------
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _tamper(root: Path, version: int, **entry) -> None:
+    path = root / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["versions"][version].update(entry)
+    path.write_text(json.dumps(manifest))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("bad_dir", [
+    "../outside", "../../outside", "/ABS/outside", "data/../../outside", "data/x/../../../outside", "data",
+    "data/", "./data/x", "data//x", "data/.hidden", "versions/x", "SYMLINK",
+], ids=["parent", "grandparent", "absolute", "dotdot-in-data", "deep-dotdot", "data-itself", "trailing-slash",
+        "dot-prefix", "double-slash", "hidden", "other-folder", "symlink-out"])
+def test_manifest_dirs_outside_the_store_are_refused_before_anything_is_deleted(tmp_path, bad_dir):
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "precious.txt").write_text("mine")
+    store = EmbeddingStore(root)
+    store.write("1997-10", {"user": _snapshot(0)})
+    store.write("1997-11", {"user": _snapshot(1)})
+    if bad_dir == "SYMLINK":
+        (root / "data" / "evil").symlink_to(outside, target_is_directory=True)
+        bad_dir = "data/evil"
+    bad_dir = bad_dir.replace("/ABS/outside", str(outside))
+    _tamper(root, 0, dir=bad_dir)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for action in (lambda: store.gc(keep=0), lambda: store.versions.gc(), lambda: store.months(),
+                   lambda: store.lookup("1997-11", "user", np.arange(3)), lambda: store.files("user"),
+                   lambda: store.versions.delete(["1997-10"]),
+                   lambda: store.write("1997-12", {"user": _snapshot(2)})):
+        with pytest.raises(ArtifactError) as info:
+            action()
+        line = _one_line(info.value)
+        assert line.startswith(f"{root / 'manifest.json'}: ") and "outside the store's data/ directory" in line, line
+    assert (outside / "keep" / "precious.txt").read_text() == "mine"
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.name.startswith(".tmp-"))
+    assert after == [p for p in before if not p.name.startswith(".tmp-")]  # nothing read-write happened
+
+
+@pytest.mark.parametrize("files", [{"../../outside/x": {"bytes": 1, "sha256": "0"}},
+                                   {"/etc/passwd": {"bytes": 1, "sha256": "0"}}, ["user.parquet"]],
+                         ids=["dotdot-file", "absolute-file", "not-a-mapping"])
+def test_manifest_file_records_outside_the_version_are_refused(tmp_path, files):
+    store = EmbeddingStore(tmp_path)
+    store.write("1997-10", {"user": _snapshot(0)})
+    _tamper(tmp_path, 0, files=files)
+    with pytest.raises(ArtifactError, match="manifest.json: version '1997-10'"):
+        store.lookup("1997-10", "user", np.arange(3))
+
+
+def test_commit_records_size_and_sha256_of_every_file(tmp_path):
+    store = EmbeddingStore(tmp_path)
+    v = store.write("1997-10", {"user": _snapshot(0), "item": _snapshot(1)})
+    entry = json.loads((tmp_path / "manifest.json").read_text())["versions"][0]
+    assert sorted(entry["files"]) == ["item.parquet", "user.parquet"] == sorted(v.files)
+    for name, rec in entry["files"].items():
+        data = (v.path / name).read_bytes()
+        assert rec == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    v.verify()  # intact
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = [
+    # id, what is done to user.parquet of the version, message fragment
+    ("flipped-byte-middle", lambda p: _flip(p, p.stat().st_size // 2), "store file is corrupt"),
+    ("flipped-byte-first", lambda p: _flip(p, 0), "store file is corrupt"),
+    ("flipped-byte-last", lambda p: _flip(p, -1), "store file is corrupt"),
+    ("truncated", lambda p: p.write_bytes(p.read_bytes()[:-10]), "store file is corrupt"),
+    ("appended", lambda p: p.write_bytes(p.read_bytes() + b"\0"), "store file is corrupt"),
+    ("deleted", lambda p: p.unlink(), "store file is missing"),
+]
+
+
+@pytest.mark.parametrize("damage, match", [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_damaged_snapshot_file_is_refused_naming_it(tmp_path, damage, match):
+    store = EmbeddingStore(tmp_path)
+    v = store.write("1997-10", {"user": _snapshot(0), "item": _snapshot(1)})
+    damage(v.file("user.parquet"))
+    fresh = EmbeddingStore(tmp_path)
+    with pytest.raises(ArtifactError) as info:
+        fresh.lookup("1997-10", "user", np.arange(3))
+    line = _one_line(info.value)
+    assert line.startswith(f"{v.file('user.parquet')}: ") and match in line and "version '1997-10'" in line
+    assert fresh.lookup("1997-10", "item", _snapshot(1)[0])[1].all()  # the other entity's file is intact
+
+
+def test_a_loaded_snapshot_is_verified_once(tmp_path, monkeypatch):
+    from mdctr.platform.stores import versioned
+
+    store = EmbeddingStore(tmp_path)
+    store.write("1997-10", {"user": _snapshot(0)})
+    calls = []
+    real = versioned.file_digest
+    monkeypatch.setattr(versioned, "file_digest", lambda p: calls.append(p) or real(p))
+    for _ in range(5):
+        store.lookup("1997-10", "user", np.arange(10))
+    assert len(calls) == 1
+
+
+def test_next_write_and_gc_remove_scratch_of_dead_writers_only(tmp_path):
+    store = VersionedStore(tmp_path, kind="test")
+    with store.write("v1") as d:
+        (d / "part.bin").write_bytes(b"1")
+    dead = tmp_path / f".tmp-{_dead_pid()}-deadbeef"
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "predictions.parquet").write_bytes(b"x" * 100)
+    mine = tmp_path / f".tmp-{os.getpid()}-cafecafe"  # a live writer's (this process)
+    mine.mkdir()
+    odd = tmp_path / ".tmp-notapid"
+    odd.mkdir()
+    with store.write("v2") as d:
+        (d / "part.bin").write_bytes(b"2")
+        assert not dead.exists() and mine.exists() and odd.exists()  # gone before the new version is written
+    (dead / "again").mkdir(parents=True)
+    store.gc()
+    assert not dead.exists() and mine.exists() and odd.exists()
+    assert store.names() == ["v1", "v2"]

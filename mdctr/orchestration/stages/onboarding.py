@@ -82,4 +82,5 @@ register(Stage(
     hash_parts=lambda cfg: {"finetune": cfg.finetune.model_dump(mode="json")},
     enabled=lambda cfg: cfg.finetune is not None,
     run=_run_finetune,
+    files=("adapter.json", "adapter.safetensors"),
 ))

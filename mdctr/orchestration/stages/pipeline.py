@@ -12,7 +12,13 @@ A stage run for date D reads rows with ``ts`` before D only. Layout under the co
                                    epoch only, metrics.json) or the stage's other artifact,
                                    plus stage.json (the lineage record)
 
-Re-running a stage for a date whose version is recorded returns that version untouched.
+Re-running a stage for a date whose version is recorded returns that version untouched,
+if it is complete and intact: a run directory's best checkpoint matches its checksums, other
+versions have ``stage.json`` and the files their registry entry names. A damaged version
+is refused with one line naming its directory (remove the directory to run the stage again;
+a recorded version whose directory is gone is run again). A training stage whose window has
+no rows fails without committing a version or a lineage row. Lineage stores version paths
+relative to the store (a copied store reads its own versions).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
-from mdctr.core.errors import ArtifactError, DataContractError
+from mdctr.core.errors import ArtifactError, ConfigError, DataContractError, InputError
 from mdctr.core.io import commit_dir, temp_sibling, write_json
 from mdctr.core.timeutil import iso_day
 from mdctr.domains.datasets import resolve_data
@@ -31,8 +37,10 @@ from mdctr.domains.validate import validate_dataset
 from mdctr.orchestration.config import PipelineConfig
 from mdctr.orchestration.lineage import Lineage, VersionRecord
 from mdctr.orchestration.stages.registry import get_stage, schedule_order, stage_hash, version_id
+from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.config import Baseline, ModelConfig
 from mdctr.platform.model import feature_layout
+from mdctr.platform.rundir import RUN_FILE, RunDir
 from mdctr.platform.stores.embeddings import EmbeddingStore
 
 
@@ -63,7 +71,8 @@ class Pipeline:
             raise DataContractError(f"finetune.domain names '{cfg.finetune.domain}', which the data lacks "
                                     f"(has {names})", file=self.data_dir / "dataset.yaml")
         self.root = Path(cfg.store)
-        self.lineage = Lineage(cfg.lineage_url or f"sqlite:///{(self.root / 'lineage.sqlite').resolve()}")
+        self.lineage = Lineage(cfg.lineage_url or f"sqlite:///{(self.root / 'lineage.sqlite').resolve()}",
+                               root=self.root)
         self.embeddings = EmbeddingStore(self.root / "embeddings" / f"tpm-{self.stage_hash('tpm')}")
 
     # -- versions and inputs ----------------------------------------------------------------
@@ -119,25 +128,35 @@ class Pipeline:
         """Run ``stage`` for ``day`` unless its version exists. Returns (record, created)."""
         entry = get_stage(stage)
         vid = self.version_id(stage, day)
+        final = self.version_dir(vid)
         done = self.lineage.get(vid)
         if done is not None and Path(done.path).is_dir():
+            self.check_version(stage, Path(done.path))
             return done, False
-        final = self.version_dir(vid)
         if (final / "stage.json").exists():  # committed, but the lineage insert was lost
+            self.check_version(stage, final)
             return self._record(final), False
+        self._check_window(stage, day)
+        made = [d for d in (self.root, final.parent) if not d.exists()]  # removed again if nothing is committed
         tmp = temp_sibling(final)
         try:
             result = entry.run(self, day, tmp, vid, evaluate_next_day=evaluate_next_day, verbose=verbose)
             window = result.window
+            if result.rows == 0:  # trained on nothing (e.g. a window with valid rows only): no version
+                raise self._empty(stage, day, window)
             rec = VersionRecord(vid, stage, day.isoformat(), self.stage_hash(stage),
                                 None if window is None else iso_day(window[0]),
                                 None if window is None else iso_day(window[1]), result.rows, result.inputs,
-                                result.metrics, str(final.resolve()))
+                                result.metrics, final.relative_to(self.root).as_posix())
             write_json(rec.to_dict(), tmp / "stage.json")
             if not commit_dir(tmp, final):  # a concurrent run committed the same version first
+                self.check_version(stage, final)
                 return self._record(final), False
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            for d in reversed(made):
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
             raise
         if entry.after_commit is not None:
             entry.after_commit(self)
@@ -146,9 +165,61 @@ class Pipeline:
             self.lineage.set_evaluation(vid, name, (iso_day(ev_window[0]), iso_day(ev_window[1])), metrics)
         return stored, True
 
+
+    def window_rows(self, window: tuple[int, int], domains: list[str]) -> int:
+        """Rows of ``domains`` with ``window[0] <= ts < window[1]`` (row-group statistics
+        skip the row groups outside the window)."""
+        import pyarrow.dataset as ds
+
+        data = ds.dataset([str(self.data_dir / f) for f in self.spec.files], format="parquet")
+        keep = (ds.field("ts") >= window[0]) & (ds.field("ts") < window[1]) & ds.field("domain").isin(domains)
+        return data.count_rows(filter=keep)
+
+    def _check_window(self, stage: str, day: date) -> None:
+        """A training stage whose window has no rows fails before anything is written
+        (the TPM would otherwise replace its month's snapshot with an empty one)."""
+        entry = get_stage(stage)
+        if entry.window is None:
+            return
+        window, domains = entry.window(self, day)
+        if self.window_rows(window, domains) == 0:
+            raise self._empty(stage, day, window)
+
+    def _empty(self, stage: str, day: date, window: tuple[int, int] | None) -> ConfigError:
+        span = "" if window is None else f" {iso_day(window[0])}..{iso_day(window[1])}"
+        return ConfigError(f"stage {stage} for {day}: its window{span} has no rows to train on", file=self.data_dir)
+
+    def check_version(self, stage: str, path: Path) -> None:
+        """Refuse a recorded version of ``stage`` at ``path`` that is incomplete or damaged."""
+        problem = _damage(stage, path)
+        if problem is not None:
+            raise ArtifactError(f"damaged {stage} version ({problem}): remove this directory to run the stage "
+                                f"for this date again", file=path)
+
     def _record(self, final: Path) -> VersionRecord:
         try:
             raw = json.loads((final / "stage.json").read_text())
             return self.lineage.record(VersionRecord(**raw))
         except (json.JSONDecodeError, TypeError) as exc:
             raise ArtifactError(f"unreadable stage.json ({exc.__class__.__name__})", file=final / "stage.json") from None
+
+
+def _damage(stage: str, path: Path) -> str | None:
+    """What is wrong with a version directory (None if it is complete and intact)."""
+    missing = [f for f in ("stage.json", *get_stage(stage).files) if not (path / f).is_file()]
+    if missing:
+        return f"no {missing[0]}"
+    if (path / RUN_FILE).exists():
+        try:
+            run = RunDir(path)
+            for unit in run.units:
+                ckpt.verify_checksums(run.best_checkpoint(unit))
+        except InputError as exc:  # not a run directory, no finished or intact checkpoint
+            where = Path(exc.file) if exc.file else None
+            text = str(exc).removeprefix(f"{exc.file}: ") if exc.file else str(exc)
+            if where is not None and where != path and where.is_relative_to(path):
+                return f"{where.relative_to(path)}: {text}"
+            return text
+        except (ValueError, TypeError, OSError) as exc:  # e.g. an unreadable checkpoints/state.json
+            return f"unreadable checkpoint state ({exc.__class__.__name__})"
+    return None

@@ -85,6 +85,10 @@ class Stage:
         available: whether a usable version exists for ``day`` (default: any version of this
             config at or before it); a scheduled pipeline runs an input stage that has none.
         after_commit: housekeeping once the version is committed (e.g. snapshot gc).
+        window: for training stages, ``window(pipeline, day) -> ((lo, hi), domains)``: the
+            rows it trains on (the pipeline refuses an empty one before anything is written).
+        files: what its version directory holds besides ``stage.json`` (a version with
+            ``run.json`` must also be a run directory whose best checkpoint is intact).
     """
 
     name: str
@@ -97,6 +101,8 @@ class Stage:
     run: Callable[..., StageRun]
     available: Callable[["Pipeline", date], bool] | None = None
     after_commit: Callable[["Pipeline"], None] | None = None
+    window: Callable[["Pipeline", date], tuple[tuple[int, int], list[str]]] | None = None
+    files: tuple[str, ...] = ()
 
 
 STAGES: dict[str, Stage] = {}

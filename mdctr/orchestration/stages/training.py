@@ -45,7 +45,7 @@ from mdctr.platform.history import HistoryModelBuilder, HistorySpec, SnapshotInp
 from mdctr.platform.job import Init, Job, JobContext, Predict, default_model
 from mdctr.platform.launcher import resolve_launcher
 from mdctr.platform.metrics import compute_metrics
-from mdctr.platform.rundir import RunDir, create_run_dir
+from mdctr.platform.rundir import RUN_FILE, RunDir, create_run_dir
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,24 @@ def _history_inputs(pipe, day: date) -> dict:
 # -- TPM ----------------------------------------------------------------------------------------
 
 
+def _window(section: str, role: str):
+    """A stage's training rows for a date: its section's ``window_days`` before the date, of
+    the pipeline's ``role`` (organic or ad) domains."""
+
+    def window(pipe, day: date) -> tuple[tuple[int, int], list[str]]:
+        end = day_ts(day)
+        return (end - getattr(pipe.cfg, section).window_days * DAY, end), getattr(pipe, role)
+
+    return window
+
+
 def _run_tpm(pipe, day: date, out: Path, vid: str, *, evaluate_next_day: bool = False,
              verbose: bool = True) -> StageRun:
     t = pipe.cfg.tpm
     model = pipe.cfg.model.model_copy(update={"fields": t.fields, "use_dense": False, "embedding_dim": t.embedding_dim,
                                               "hidden": t.hidden, "tower": "mlp"})
-    end = day_ts(day)
-    window = (end - t.window_days * DAY, end)
-    cfg = stage_train_config(pipe, model, t.train, pipe.organic)
+    window, domains = _window("tpm", "organic")(pipe, day)
+    cfg = stage_train_config(pipe, model, t.train, domains)
     result = train_stage(pipe, vid, out, cfg, window, {"month": month_of(day)}, history=False, verbose=verbose)
     _snapshot(pipe, vid, out, cfg, window, result.inputs)
     return result
@@ -183,6 +193,8 @@ register(Stage(
     run=_run_tpm,
     available=lambda pipe, day: bool(pipe.tpm_months(day)[0]),
     after_commit=lambda pipe: pipe.embeddings.gc(keep=pipe.cfg.tpm.keep),
+    window=_window("tpm", "organic"),
+    files=(RUN_FILE,),
 ))
 
 
@@ -197,10 +209,10 @@ def _network_parts(cfg: PipelineConfig) -> dict:
 def _run_cpm(pipe, day: date, out: Path, vid: str, *, evaluate_next_day: bool = False,
              verbose: bool = True) -> StageRun:
     c = pipe.cfg
-    end = day_ts(day)
-    cfg = stage_train_config(pipe, c.model, c.cpm.train, pipe.organic)
-    return train_stage(pipe, vid, out, cfg, (end - c.cpm.window_days * DAY, end), _history_inputs(pipe, day),
-                       history=c.actr.use_tpm, verbose=verbose)
+    window, domains = _window("cpm", "organic")(pipe, day)
+    cfg = stage_train_config(pipe, c.model, c.cpm.train, domains)
+    return train_stage(pipe, vid, out, cfg, window, _history_inputs(pipe, day), history=c.actr.use_tpm,
+                       verbose=verbose)
 
 
 register(Stage(
@@ -210,14 +222,16 @@ register(Stage(
     hash_parts=lambda cfg: {**_network_parts(cfg), "cpm": cfg.cpm.model_dump(mode="json")},
     enabled=lambda cfg: cfg.actr.init_from_cpm,
     run=_run_cpm,
+    window=_window("cpm", "organic"),
+    files=(RUN_FILE,),
 ))
 
 
 def _run_actr(pipe, day: date, out: Path, vid: str, *, evaluate_next_day: bool = False,
               verbose: bool = True) -> StageRun:
     c = pipe.cfg
-    end = day_ts(day)
-    cfg = stage_train_config(pipe, c.model, c.actr.train, pipe.ad, c.actr.optim)
+    window, domains = _window("actr", "ad")(pipe, day)
+    cfg = stage_train_config(pipe, c.model, c.actr.train, domains, c.actr.optim)
     inputs = _history_inputs(pipe, day)
     init = None
     if c.actr.init_from_cpm:
@@ -229,8 +243,8 @@ def _run_actr(pipe, day: date, out: Path, vid: str, *, evaluate_next_day: bool =
         inputs["cpm"] = cpm.version_id
     else:
         inputs["cpm"] = None
-    return train_stage(pipe, vid, out, cfg, (end - c.actr.window_days * DAY, end), inputs, history=c.actr.use_tpm,
-                       init=init, evaluate_next_day=evaluate_next_day, verbose=verbose)
+    return train_stage(pipe, vid, out, cfg, window, inputs, history=c.actr.use_tpm, init=init,
+                       evaluate_next_day=evaluate_next_day, verbose=verbose)
 
 
 register(Stage(
@@ -240,4 +254,6 @@ register(Stage(
     hash_parts=lambda cfg: {**_network_parts(cfg), "ad": cfg.ad_domains, "actr": cfg.actr.model_dump(mode="json")},
     enabled=lambda cfg: True,
     run=_run_actr,
+    window=_window("actr", "ad"),
+    files=(RUN_FILE,),
 ))

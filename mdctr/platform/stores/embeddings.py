@@ -10,8 +10,9 @@ Rules (on top of the versioned store's):
 
 - A snapshot holds the ids its model was trained on; ids it never saw are absent, and a
   lookup reports them as not found (the consumer supplies a default).
-- ``lookup`` reads a snapshot's file once and then answers from memory (an
-  :class:`~mdctr.platform.stores.index.IdIndex` over its ids).
+- ``lookup`` reads a snapshot's file once, after checking its size and SHA-256 against the
+  manifest, and then answers from memory (an :class:`~mdctr.platform.stores.index.IdIndex`
+  over its ids).
 - ``gc(keep=K)`` keeps the K newest months.
 
 DuckDB reads the committed files directly::
@@ -101,6 +102,7 @@ class EmbeddingStore:
         key = (version.path, entity)
         hit = self._loaded.get(key)
         if hit is None:
+            version.verify([f"{entity}.parquet"])  # size and SHA-256 recorded at commit
             t = pq.read_table(version.file(f"{entity}.parquet"), columns=["id", "embedding"])
             emb = t.column("embedding").combine_chunks()
             dim = emb.type.list_size

@@ -19,7 +19,8 @@ Rules (on top of the versioned store's):
 - Example ids are unique within a version (a duplicate is refused at write).
 - Readers load a version's ``example_id`` and ``teacher_logit`` columns once (~12 bytes a
   label, plus an :class:`~mdctr.platform.stores.index.IdIndex`) and answer batch lookups
-  from memory.
+  from memory; the parts' sizes and SHA-256 (recorded at commit) are checked first.
+  ``files`` hands out paths unchecked (for DuckDB).
 
 DuckDB reads the committed files directly::
 
@@ -52,6 +53,7 @@ class LabelReader:
 
     def __init__(self, version: Version):
         self.version = version
+        version.verify()  # sizes and SHA-256 of every part, before any is parsed
         parts = [pq.read_table(f, columns=["example_id", "teacher_logit"]) for f in sorted(version.path.glob("part-*.parquet"))]
         ids = np.concatenate([p.column("example_id").to_numpy() for p in parts]) if parts else np.empty(0, np.int64)
         logits = (np.concatenate([p.column("teacher_logit").to_numpy() for p in parts]) if parts
@@ -134,8 +136,11 @@ class TeacherLabelStore:
 
     def read_range(self, ref: str = "latest", *, domain: str | None = None, start: int | None = None,
                    end: int | None = None) -> pa.Table:
-        """Rows of a version for one domain and/or ``start <= ts < end``."""
-        table = pq.read_table(self.files(ref))
+        """Rows of a version for one domain and/or ``start <= ts < end`` (its files are
+        checked against their checksums first)."""
+        version = self.resolve(ref)
+        version.verify()
+        table = pq.read_table([str(f) for f in sorted(version.path.glob("part-*.parquet"))])
         keep = pa.array(np.ones(table.num_rows, bool))
         if domain is not None:
             keep = pc.and_(keep, pc.equal(table.column("domain"), domain))
