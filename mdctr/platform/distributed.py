@@ -2,8 +2,8 @@
 
 - :func:`select_device`: CUDA + NCCL when a GPU is present, else CPU + gloo.
 - :func:`launch`: run ``fn(rank, world_size, *args)`` in ``world_size`` processes (world
-  size 1 runs in this process) with a process group bound to 127.0.0.1 (on a fresh port
-  if another process takes the chosen one first).
+  size 1 runs in this process) in a process group that listens on loopback only (see
+  :func:`process_group`).
 - :func:`shard`: fused in-backward optimizer on the tables, TorchRec's planner, then
   ``DistributedModelParallel``.
 - :func:`dense_optimizer`: a torch optimizer over every parameter that is not a table.
@@ -11,15 +11,20 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import shutil
 import socket
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.optim  # noqa: F401  (see _PREIMPORTED below)
 import torch.multiprocessing as mp
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -38,9 +43,18 @@ from mdctr.platform.quiet import quiet_library_warnings
 
 log = logging.getLogger("mdctr.distributed")
 
-#: tries at a fresh rendezvous port in :func:`launch`: :func:`free_port` releases the port it
-#: found, and another process (a Ray worker, say) can bind it before rank 0 does
-PORT_ATTEMPTS = 3
+#: environment variables that pick the network interface of gloo's and NCCL's transport
+#: sockets; :func:`process_group` points them at the loopback interface
+TRANSPORT_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+_IFF_UP, _IFF_LOOPBACK = 0x1, 0x8  # <linux/if.h>
+
+#: ``torch.distributed.optim.zero_redundancy_optimizer`` binds ``dist.group.WORLD`` as a
+#: default argument when first imported, which TorchRec's in-backward optimizer does lazily:
+#: imported inside a launch, it would keep that launch's process group (and its transport's
+#: listening socket) alive for the rest of the process. Imported here, before any group
+#: exists, the default is None.
+_PREIMPORTED = torch.distributed.optim
 
 
 def select_device(local_rank: int = 0) -> tuple[torch.device, str]:
@@ -51,52 +65,93 @@ def select_device(local_rank: int = 0) -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def loopback_interface() -> str:
+    """The name of this machine's loopback network interface (``lo`` on Linux).
 
-
-class PortTakenError(RuntimeError):
-    """Rank 0 could not bind the rendezvous port: another process holds it."""
+    The first interface that is up and flagged loopback in ``/sys/class/net``, else the
+    first whose name starts with ``lo`` (``lo0`` on macOS), else ``"lo"``.
+    """
+    net = Path("/sys/class/net")
+    try:
+        names = sorted(p.name for p in net.iterdir())
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            flags = int((net / name / "flags").read_text(), 16)
+        except (OSError, ValueError):
+            continue
+        if flags & _IFF_LOOPBACK and flags & _IFF_UP:
+            return name
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    return next((name for name in names if name.startswith("lo")), "lo")
 
 
 @contextmanager
-def process_group(rank: int, world_size: int, backend: str):
-    """Join (and finally leave) the default process group; a no-op if one exists already."""
-    if dist.is_initialized():
-        yield
-        return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    hook = sys.excepthook  # init_process_group chains a "[rankN]:" excepthook on every call
-    try:
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
-    except dist.DistNetworkError as err:
-        if "EADDRINUSE" in str(err):
-            raise PortTakenError(f"rendezvous port {os.environ['MASTER_PORT']} is taken by another process") from err
-        raise
+def loopback_transport() -> Iterator[None]:
+    """Make the gloo/NCCL transports created meanwhile bind the loopback interface.
+
+    gloo otherwise binds the address this machine's hostname resolves to (often a public
+    one), NCCL its first non-loopback interface. The ranks :func:`launch` starts all run on
+    this machine, so loopback reaches every peer. The variables are restored afterwards.
+    """
+    saved = {var: os.environ.get(var) for var in TRANSPORT_IFNAME_VARS}
+    os.environ.update(dict.fromkeys(TRANSPORT_IFNAME_VARS, loopback_interface()))
     try:
         yield
     finally:
-        dist.destroy_process_group()
-        sys.excepthook = hook
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
-def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+@contextmanager
+def process_group(rank: int, world_size: int, backend: str, rendezvous: str | None = None) -> Iterator[None]:
+    """Join (and finally leave) the default process group; a no-op if one exists already.
+
+    The ranks meet without a TCP rendezvous: world size 1 needs none (an in-memory
+    ``HashStore``), larger ones share a ``FileStore`` at ``rendezvous`` (a file in a private
+    directory made by :func:`launch`). The backend's own transport binds the loopback
+    interface (:func:`loopback_transport`). At world size 1, gloo still opens one listening
+    socket for it (on loopback); it closes when the group is destroyed.
+    """
+    if dist.is_initialized():
+        yield
+        return
+    if world_size > 1 and rendezvous is None:
+        raise ValueError("a process group of more than one rank needs a rendezvous file")
+    hook = sys.excepthook  # init_process_group chains a "[rankN]:" excepthook on every call
+    with loopback_transport():
+        store = dist.HashStore() if world_size == 1 else dist.FileStore(rendezvous, world_size)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+        del store
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+            sys.excepthook = hook
+            # objects fn made (a sharded model, its optimizer) may hold the group in reference
+            # cycles: collect them, so the transport's socket closes now, not at some later launch
+            gc.collect()
+
+
+def _worker(rank: int, world_size: int, rendezvous: str | None, fn: Callable, args: tuple) -> None:
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world_size)
     os.environ["LOCAL_RANK"] = str(rank)
     quiet_library_warnings()
     if world_size > 1:  # ranks share the cores: oversubscribed OpenMP pools spin and crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     _, backend = select_device(rank)
-    with process_group(rank, world_size, backend):
+    with process_group(rank, world_size, backend, rendezvous):
         fn(rank, world_size, *args)
 
 
-def _spawned_worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+def _spawned_worker(rank: int, world_size: int, rendezvous: str, fn: Callable, args: tuple) -> None:
     """:func:`_worker` in a spawned rank process, which then ends without interpreter
     finalization.
 
@@ -109,7 +164,7 @@ def _spawned_worker(rank: int, world_size: int, port: int, fn: Callable, args: t
     there is nothing left to finalize, so the rank exits at once with status 0. Errors
     still propagate to :func:`torch.multiprocessing.spawn` as usual.
     """
-    _worker(rank, world_size, port, fn, args)
+    _worker(rank, world_size, rendezvous, fn, args)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -120,25 +175,22 @@ def launch(fn: Callable, world_size: int, *args) -> None:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` ranks (spawned processes if > 1).
 
     Already inside a process group (e.g. a Ray Train worker or ``torchrun``), ``fn`` runs on
-    this rank of it instead. If another process takes the rendezvous port before rank 0
-    binds it, the ranks start again on a fresh port (before ``fn`` ran: nothing is redone).
+    this rank of it instead. Otherwise the ranks rendezvous through a file in a private
+    temporary directory (removed when they are done, also on failure) rather than a TCP
+    port, and their transport listens on loopback only (:func:`process_group`).
     """
     if dist.is_initialized():
         fn(dist.get_rank(), dist.get_world_size(), *args)
         return
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        port = free_port()
-        try:
-            if world_size == 1:
-                _worker(0, 1, port, fn, args)
-            else:
-                mp.spawn(_spawned_worker, args=(world_size, port, fn, args), nprocs=world_size, join=True)
-            return
-        except (PortTakenError, mp.ProcessRaisedException) as err:
-            taken = isinstance(err, PortTakenError) or PortTakenError.__name__ in str(err)
-            if not taken or attempt == PORT_ATTEMPTS:
-                raise
-            log.warning("rendezvous port %d was taken by another process; starting again on a fresh one", port)
+    if world_size == 1:
+        _worker(0, 1, None, fn, args)
+        return
+    rendezvous = tempfile.mkdtemp(prefix="mdctr-rendezvous-")  # mode 0700: this user's ranks only
+    try:
+        mp.spawn(_spawned_worker, args=(world_size, os.path.join(rendezvous, "store"), fn, args),
+                 nprocs=world_size, join=True)
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
 
 
 _FUSED: dict[str, type[torch.optim.Optimizer]] = {

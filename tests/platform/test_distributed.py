@@ -1,10 +1,12 @@
-"""Launching ranks: the rendezvous port taken between choosing and binding it, and how spawned
-ranks end."""
+"""Launching ranks: the file rendezvous (no TCP port), a caller's own process group, how
+spawned ranks end and how their errors surface. What the ranks listen on:
+tests/platform/test_listeners.py."""
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -16,38 +18,49 @@ from mdctr.platform import distributed
 
 
 def record(rank: int, world: int, out_dir: str) -> None:
-    Path(out_dir, f"rank{rank}").write_text(f"{dist.get_world_size()} {os.environ['MASTER_PORT']}")
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    Path(out_dir, f"rank{rank}").write_text(f"{dist.get_world_size()} {int(t.item())}")
 
 
 @pytest.fixture
 def taken_port():
-    """A port another process listens on (as a Ray worker might, after free_port chose it)."""
+    """A port another process listens on (as a Ray worker might)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         yield s.getsockname()[1]
 
 
+@pytest.fixture
+def rendezvous_dirs(monkeypatch):
+    """The rendezvous directories :func:`distributed.launch` makes, checked private on creation."""
+    made, real = [], distributed.tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        path = real(*args, **kwargs)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+        made.append(Path(path))
+        return path
+
+    monkeypatch.setattr(distributed.tempfile, "mkdtemp", mkdtemp)
+    return made
+
+
 @pytest.mark.parametrize("world", [1, 2])
-def test_launch_starts_again_on_a_fresh_port_when_the_port_is_taken(taken_port, world, tmp_path, monkeypatch,
-                                                                     caplog):
-    real, first = distributed.free_port, iter([taken_port])
-    monkeypatch.setattr(distributed, "free_port", lambda: next(first, None) or real())
+def test_launch_needs_no_rendezvous_port(taken_port, world, tmp_path, monkeypatch, rendezvous_dirs):
+    """MASTER_ADDR/MASTER_PORT play no part: a taken port and an all-interfaces address there
+    change nothing (the TCP rendezvous and its port race are gone)."""
+    monkeypatch.setenv("MASTER_ADDR", "0.0.0.0")
+    monkeypatch.setenv("MASTER_PORT", str(taken_port))
     distributed.launch(record, world, str(tmp_path))
-    ranks = [Path(tmp_path, f"rank{r}").read_text().split() for r in range(world)]
-    assert all(size == str(world) and port != str(taken_port) for size, port in ranks)
-    assert len({port for _, port in ranks}) == 1
-    assert f"rendezvous port {taken_port} was taken" in caplog.text
+    assert [Path(tmp_path, f"rank{r}").read_text() for r in range(world)] == [f"{world} {world}"] * world
+    assert len(rendezvous_dirs) == (world > 1)  # world size 1 keeps its store in memory
+    assert not any(d.exists() for d in rendezvous_dirs)  # removed once the ranks are done
+    assert not dist.is_initialized()
 
 
-def test_launch_gives_up_after_its_attempts(taken_port, monkeypatch, tmp_path):
-    monkeypatch.setattr(distributed, "free_port", lambda: taken_port)
-    with pytest.raises(distributed.PortTakenError, match=f"port {taken_port} is taken"):
-        distributed.launch(record, 1, str(tmp_path))
-    assert not list(tmp_path.iterdir())
-
-
-def test_the_functions_own_errors_are_not_retried():
+def test_the_functions_own_errors_reach_the_caller_once():
     calls = []
 
     def fails(rank, world):
@@ -57,6 +70,28 @@ def test_the_functions_own_errors_are_not_retried():
     with pytest.raises(RuntimeError, match="from the job itself"):
         distributed.launch(fails, 1)
     assert calls == [0]
+    assert not dist.is_initialized()
+
+
+def test_launch_runs_on_the_callers_process_group(tmp_path, rendezvous_dirs):
+    """Inside a process group made by someone else (Ray Train, torchrun), ``fn`` runs on it and
+    the group is left alone."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        world = dist.group.WORLD
+        distributed.launch(record, 2, str(tmp_path))  # the caller's world size wins
+        assert dist.is_initialized() and dist.group.WORLD is world
+    finally:
+        dist.destroy_process_group()
+    assert Path(tmp_path, "rank0").read_text() == "1 1"
+    assert not rendezvous_dirs
+
+
+def test_process_group_of_several_ranks_needs_a_rendezvous_file():
+    with pytest.raises(ValueError, match="rendezvous file"):
+        with distributed.process_group(0, 2, "gloo"):
+            pass
+    assert not dist.is_initialized()
 
 
 def gather_last(rank: int, world: int, out_dir: str) -> None:
@@ -81,6 +116,7 @@ def fails_on_rank_one(rank: int, world: int) -> None:
         raise ValueError("rank one's own error")
 
 
-def test_a_spawned_ranks_error_still_reaches_the_caller():
+def test_a_spawned_ranks_error_still_reaches_the_caller(rendezvous_dirs):
     with pytest.raises(mp.ProcessRaisedException, match="rank one's own error"):
         distributed.launch(fails_on_rank_one, 2)
+    assert len(rendezvous_dirs) == 1 and not rendezvous_dirs[0].exists()  # removed on failure too
