@@ -1,8 +1,8 @@
 """``mdctr``: the command line. Thin: parses arguments and calls into the packages.
 
 One module per sub-app (:mod:`.data`, :mod:`.train`, :mod:`.adapters`, :mod:`.labels`,
-:mod:`.pipeline`); library modules are imported inside the commands so ``mdctr --help``
-stays fast.
+:mod:`.pipeline`, :mod:`.cluster`, :mod:`.submit`); library modules are imported inside the
+commands so ``mdctr --help`` stays fast.
 
 Exit status (:func:`main`):
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import typer
 
-from mdctr.cli import adapters, data, labels, pipeline, train
+from mdctr.cli import adapters, cluster, data, labels, pipeline, submit, train
 from mdctr.core.errors import InputError
 
 try:  # typer >= 0.2x bundles its own click; its exceptions are not the `click` package's
@@ -35,6 +35,8 @@ train.register(app)
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(labels.app, name="labels")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(cluster.app, name="cluster")
+submit.register(app)
 
 #: what typer returns (instead of raising) when a command is interrupted with Ctrl-C
 _INTERRUPTED = 130

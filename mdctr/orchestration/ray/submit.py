@@ -1,0 +1,171 @@
+"""``mdctr submit``: run an mdctr command as a Ray job (``JobSubmissionClient``), DESIGN.md §7.
+
+The submission id is deterministic, ``mdctr-<sha256(argv, sha256 of the --config file,
+--date)[:16]>``, so submitting the same command again is recognised: a pending, running or
+finished job is reported (``already submitted: <id> (<status>)``) instead of duplicated; a
+FAILED or STOPPED one is deleted and submitted again. The entrypoint is this environment's
+``mdctr`` script, so the job runs in the cluster's own environment (the same machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mdctr.core.errors import ConfigError, InputError
+from mdctr.orchestration.ray import cluster
+
+__all__ = ["PREFIX", "entrypoint", "list_jobs", "submission_id", "submit"]
+
+PREFIX = "mdctr-"
+_RUNNING = ("PENDING", "RUNNING")
+_RETRYABLE = ("FAILED", "STOPPED")
+
+
+class SubmitError(InputError):
+    """A job cannot be submitted or followed."""
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name V`` / ``--name=V`` in ``argv`` (the last one), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(name + "="):
+            value = a[len(name) + 1:]
+    return value
+
+
+def submission_id(argv: list[str]) -> str:
+    """``mdctr-`` + the first 16 hex digits of sha256 over (argv, sha256 of --config, --date)."""
+    config = _option(argv, "--config")
+    config_hash = None
+    if config is not None:
+        path = Path(config).expanduser()
+        if not path.is_file():
+            raise ConfigError("--config file not found", file=path)
+        config_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = json.dumps([list(argv), config_hash, _option(argv, "--date")])
+    return PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def entrypoint(argv: list[str]) -> str:
+    """The shell command of the job: this environment's ``mdctr`` with ``argv``."""
+    script = Path(sys.executable).parent / "mdctr"
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "mdctr.cli"]
+    return shlex.join(head + list(argv))
+
+
+def _status(info) -> str:
+    return str(getattr(info.status, "value", info.status))
+
+
+def _client(address: str | None, log: Callable[[str], None]):
+    """``(client, local)``: a JobSubmissionClient for ``address``, else for the local cluster
+    (started if needed); ``local`` is the local cluster's record if the client talks to it."""
+    if address is None:
+        info, started = cluster.up(log=log)
+        if started:
+            log(f"started a local cluster: dashboard {info.dashboard}")
+        address = info.dashboard
+    else:
+        info = cluster.running()
+        info = info if info is not None and info.dashboard == address.rstrip("/") else None
+    cluster.apply_client_env(info)
+    from ray.job_submission import JobSubmissionClient
+
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed ..."
+    try:
+        return JobSubmissionClient(address), info
+    except Exception as exc:  # noqa: BLE001 - cannot connect: the user's address or cluster
+        raise SubmitError(f"cannot reach the job server at {address}: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def _job_info(client, sid: str):
+    try:
+        return client.get_job_info(sid)
+    except RuntimeError as exc:  # the job server answers 404 with a RuntimeError
+        if "does not exist" in str(exc) or "404" in str(exc):
+            return None
+        raise
+
+
+async def _tail(client, sid: str, write: Callable[[str], None]) -> str:
+    last = ""
+    async for chunk in client.tail_job_logs(sid):
+        write(chunk)
+        lines = [ln for ln in chunk.splitlines() if ln.strip()]
+        if lines:
+            last = lines[-1]
+    return last
+
+
+def _wait(client, sid: str, write: Callable[[str], None], log: Callable[[str], None]) -> int:
+    last = asyncio.run(_tail(client, sid, write))
+    while True:  # the log stream ends when the job does; its status may lag a moment
+        info = client.get_job_info(sid)
+        status = _status(info)
+        if status not in _RUNNING:
+            break
+        time.sleep(0.5)
+    if status == "SUCCEEDED":
+        log(f"job {sid} SUCCEEDED")
+        return 0
+    if not last:
+        logs = [ln for ln in client.get_job_logs(sid).splitlines() if ln.strip()]
+        last = logs[-1] if logs else (info.message or "")
+    log(f"job {sid} {status}: {last}")
+    return 1
+
+
+def submit(argv: list[str], *, address: str | None = None, wait: bool = True,
+           write: Callable[[str], None] = print, log: Callable[[str], None] = print) -> int:
+    """Submit ``mdctr <argv>`` as a job; with ``wait``, stream its logs through ``write`` and
+    return 0 if it SUCCEEDED, else 1. Messages about the job go to ``log``."""
+    if not argv:
+        raise SubmitError("nothing to submit: give the mdctr arguments after '--'")
+    if argv[0] in ("mdctr", "submit"):
+        raise SubmitError(f"give the arguments of mdctr, without '{argv[0]}' (e.g. mdctr submit -- data validate DIR)")
+    sid = submission_id(argv)
+    client, local = _client(address, log)
+    old = _job_info(client, sid)
+    if old is not None:
+        status = _status(old)
+        if status in _RETRYABLE:
+            client.delete_job(sid)
+            if local is not None:  # the job server appends to the old driver log of the same id
+                (Path(local.temp_dir) / "session_latest" / "logs" / f"job-driver-{sid}.log").unlink(missing_ok=True)
+            log(f"previous job {sid} {status}: deleted it, submitting again")
+        else:
+            log(f"already submitted: {sid} ({status})")
+            if status in _RUNNING and wait:
+                return _wait(client, sid, write, log)
+            return 0 if status in ("SUCCEEDED", *_RUNNING) else 1
+    client.submit_job(entrypoint=entrypoint(argv), submission_id=sid,
+                      metadata={"mdctr_argv": json.dumps(list(argv))})
+    log(f"submitted: {sid}")
+    if not wait:
+        return 0
+    return _wait(client, sid, write, log)
+
+
+def list_jobs(address: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """mdctr's jobs on the cluster (submission ids starting with ``mdctr-``), oldest first."""
+    client, _ = _client(address, log)
+    rows = []
+    for j in client.list_jobs():
+        if not (j.submission_id or "").startswith(PREFIX):
+            continue
+        start = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(j.start_time / 1000)) + "Z") if j.start_time else "-"
+        rows.append({"id": j.submission_id, "status": _status(j), "entrypoint": j.entrypoint,
+                     "start": start, "_t": j.start_time or 0})
+    rows.sort(key=lambda r: r.pop("_t"))
+    return rows
