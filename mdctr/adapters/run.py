@@ -128,7 +128,7 @@ def mlora_jobs(cfg: MLoRATrainConfig, data_dir: Path, run_dir: Path, resume: boo
 def train(config: str | Path | TrainConfig, out: str | Path, **kw) -> dict:
     """Train any config: MLoRA runs here, plain ones in :func:`mdctr.platform.run.train`."""
     cfg = platform_run.resolve_config(config, loader=load_config, **{k: kw.pop(k) for k in
-                                      ("world_size", "split_seed", "seed") if k in kw})
+                                      ("world_size", "split_seed", "seed", "workers") if k in kw})
     if isinstance(cfg, MLoRATrainConfig):
         return platform_run.train(cfg, out, loader=load_config, planner=mlora_jobs, **kw)
     return platform_run.train(cfg, out, **kw)

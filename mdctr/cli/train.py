@@ -18,11 +18,24 @@ def train_cmd(
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Processes (gloo on CPU, NCCL on GPU)."),
     split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the random train/valid/test split."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Initialisation and data-order seed."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Ray Train workers (resources.workers); more than 1 trains on Ray."),
 ) -> None:
     """Train a model; writes RUN_DIR/metrics.json (test split)."""
-    from mdctr.adapters.run import train
+    from mdctr.adapters.run import load_config, train
+    from mdctr.platform.run import resolve_config
 
-    train(config, out, resume=resume, world_size=world_size, split_seed=split_seed, seed=seed)
+    cfg = resolve_config(config, world_size=world_size, split_seed=split_seed, seed=seed, workers=workers,
+                         loader=load_config)
+    res = cfg.resources
+    if res.workers <= 1:
+        train(cfg, out, resume=resume)
+        return
+    from mdctr.orchestration.ray.train import RayTrainLauncher, ray_session
+
+    with ray_session(res.workers):
+        train(cfg, out, resume=resume,
+              launcher=RayTrainLauncher(res.workers, use_gpu=res.use_gpu, max_failures=res.max_failures))
 
 
 def evaluate_cmd(

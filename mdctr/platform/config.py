@@ -132,6 +132,16 @@ class DistillConfig(StrictModel):
         return self
 
 
+class ResourcesConfig(StrictModel):
+    """Where the ranks run (data only; the CLI picks the launcher). ``workers`` > 1 trains on
+    that many Ray Train workers (the run's world size); ``max_failures``: worker-group
+    restarts allowed, each resuming from the last checkpoint."""
+
+    workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    max_failures: int = Field(default=0, ge=0)
+
+
 class TrainConfig(StrictModel):
     data: str
     baseline: Baseline = Baseline.shared
@@ -140,10 +150,12 @@ class TrainConfig(StrictModel):
     train: TrainLoopConfig = TrainLoopConfig()
     distill: DistillConfig | None = None
     world_size: int = Field(default=1, ge=1)
+    resources: ResourcesConfig = ResourcesConfig()
 
     def fingerprint(self) -> str:
-        """Short hash of the resolved config (identifies a run's settings)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short hash of the resolved config (identifies a run's settings). ``resources``
+        (where the ranks run) is left out; the world size, which changes the result, is in."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"resources"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -32,7 +32,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
-from torchrec.distributed.types import ShardingEnv, ShardingType
+from torchrec.distributed.types import ShardedModule, ShardingEnv, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -244,8 +244,15 @@ def shard(model: nn.Module, *, device: torch.device, batch_size: int, optim: Emb
 
 
 def table_param_names(dmp: nn.Module) -> set[str]:
-    """Names of the fused (sharded table) parameters of a DMP model."""
-    return set(dmp.fused_optimizer.params.keys())
+    """Names of the fused (sharded table) parameters of a DMP model.
+
+    With more than one rank, a rank's sharded modules also list the tables that live on
+    other ranks (placeholders its fused optimizer does not hold): they are tables too, and
+    must stay out of the dense optimizer (whose state a resume would otherwise expect)."""
+    names = set(dmp.fused_optimizer.params.keys())
+    sharded = {id(p) for m in dmp.modules() if isinstance(m, ShardedModule) for p in m.parameters()}
+    names.update(n for n, p in dmp.named_parameters() if id(p) in sharded)
+    return names
 
 
 #: Adam/AdamW run fused (one kernel over every parameter, CPU and CUDA) rather than a Python

@@ -83,15 +83,26 @@ def _any_config(path: Path) -> TrainConfig:
 
 
 def resolve_config(config: str | Path | TrainConfig, *, world_size: int | None = None,
-                   split_seed: int | None = None, seed: int | None = None,
+                   split_seed: int | None = None, seed: int | None = None, workers: int | None = None,
                    loader: Callable[[Path], TrainConfig] = load_train_config) -> TrainConfig:
-    """The config (a file, read by ``loader``, or an object) with command-line overrides."""
-    for flag, value, least in (("--world-size", world_size, 1), ("--split-seed", split_seed, 0), ("--seed", seed, 0)):
+    """The config (a file, read by ``loader``, or an object) with command-line overrides.
+
+    ``workers`` sets ``resources.workers``; with more than one worker the world size is the
+    number of workers (an explicit, different ``world_size`` is an error)."""
+    for flag, value, least in (("--world-size", world_size, 1), ("--split-seed", split_seed, 0), ("--seed", seed, 0),
+                               ("--workers", workers, 1)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     cfg = config if isinstance(config, TrainConfig) else loader(Path(config))
+    n_workers = workers if workers is not None else cfg.resources.workers
+    if n_workers > 1:
+        if world_size is not None and world_size != n_workers:
+            raise ConfigError(f"--world-size {world_size} differs from the {n_workers} workers "
+                              "(on Ray, every worker is one rank)")
+        if world_size is None and cfg.world_size != n_workers:
+            world_size = n_workers
     overrides = {k: v for k, v in (("world_size", world_size), ("train.split_seed", split_seed),
-                                   ("train.seed", seed)) if v is not None}
+                                   ("train.seed", seed), ("resources.workers", workers)) if v is not None}
     flags = " ".join(f"--{k.split('.')[-1].replace('_', '-')}" for k in overrides)
     return with_overrides(cfg, overrides, source=f"{config if not isinstance(config, TrainConfig) else 'config'} "
                                                  f"with {flags}") if overrides else cfg

@@ -115,6 +115,8 @@ USAGE = [
     case("train-unknown-option", TRAIN + " --epochs 3", "--epochs"),
     case("train-world-size-range", TRAIN + " --world-size 0", "--world-size"),
     case("train-world-size-type", TRAIN + " --world-size x", "--world-size"),
+    case("train-workers-range", TRAIN + " --workers 0", "--workers"),
+    case("train-workers-world-size", TRAIN + " --workers 2 --world-size 3", "--world-size 3", "2 workers"),
     case("train-seed-range", TRAIN + " --seed -1", "--seed"),
     case("train-split-seed-range", TRAIN + " --split-seed -1", "--split-seed"),
     case("evaluate-split-choice", EVAL + " --split bogus", "--split", "bogus"),

@@ -1,0 +1,207 @@
+"""Ray Train as a launcher: the same job on 2 Ray Train workers as on 2 local ranks, and a
+worker killed mid-run that restarts, resumes from its last checkpoint and finishes.
+
+The slow tests start one private local Ray cluster (loopback only, no dashboard, its own
+temp dir) for the module and shut down only that cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from mdctr.core.errors import ConfigError
+from mdctr.platform.job import TrainerHooks
+from mdctr.platform.run import resolve_config, train, train_jobs
+from tests.platform.conftest import _make_config
+
+AUC_TOL = 0.003
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def make_config():
+    return _make_config
+
+
+@pytest.fixture(scope="module")
+def ml_gender() -> Path:
+    from mdctr.domains.datasets import resolve_data
+
+    return resolve_data("movielens-100k:gender")
+
+
+# -- config and flags (fast) ------------------------------------------------------------------
+
+
+def test_resources_section_defaults_and_strictness(make_config):
+    cfg = make_config("d")
+    assert (cfg.resources.workers, cfg.resources.use_gpu, cfg.resources.max_failures) == (1, False, 0)
+    cfg = make_config("d", resources={"workers": 2, "max_failures": 1})
+    assert cfg.resources.workers == 2
+    for bad in ({"workers": 0}, {"max_failures": -1}, {"wrokers": 2}):
+        with pytest.raises(Exception):
+            make_config("d", resources=bad)
+    # where the ranks run is not part of what the run is
+    assert make_config("d", resources={"max_failures": 3}).fingerprint() == make_config("d").fingerprint()
+
+
+def test_workers_sets_the_world_size(make_config):
+    cfg = resolve_config(make_config("d"), workers=2)
+    assert (cfg.resources.workers, cfg.world_size) == (2, 2)
+    cfg = resolve_config(make_config("d", resources={"workers": 3}))
+    assert cfg.world_size == 3
+    assert resolve_config(make_config("d"), workers=1).world_size == 1
+    with pytest.raises(ConfigError, match="--workers must be >= 1"):
+        resolve_config(make_config("d"), workers=0)
+    with pytest.raises(ConfigError, match="--world-size 3 differs"):
+        resolve_config(make_config("d"), workers=2, world_size=3)
+
+
+def test_cli_rejects_zero_workers(tmp_path, make_config, capsys):
+    from mdctr.cli import main
+    from mdctr.platform.config import save_train_config
+
+    save_train_config(make_config("d"), tmp_path / "c.yaml")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "mdctr: error: --workers must be >= 1, got 0"
+    assert not (tmp_path / "r").exists()
+
+
+# -- on a local Ray cluster (slow) ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray")
+    from ray import cloudpickle
+
+    from mdctr.orchestration.ray.train import local_cluster
+
+    temp = tempfile.mkdtemp(prefix="ray-t-")  # short: Ray's socket paths live under it
+    # the hooks below travel to the workers by value (this module is not on their path)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with local_cluster(2, temp):  # ray.shutdown() at the end stops this cluster only
+            yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _config(data: Path):
+    return _make_config(data, train={"epochs": EPOCHS, "patience": 2}, world_size=2)
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_cluster, ml_gender, tmp_path_factory):
+    """An undisturbed 2-worker Ray Train run: (run dir, metrics, seconds)."""
+    from mdctr.orchestration.ray.train import RayTrainLauncher
+
+    out = tmp_path_factory.mktemp("ray") / "run"
+    t0 = time.perf_counter()
+    metrics = train(_config(ml_gender), out, launcher=RayTrainLauncher(2))
+    return out, metrics, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_ray_workers_match_local_ranks(ray_run, ml_gender, tmp_path):
+    out, ray_metrics, ray_s = ray_run
+    t0 = time.perf_counter()
+    local = train(_config(ml_gender), tmp_path / "local")  # LocalLauncher, world size 2
+    local_s = time.perf_counter() - t0
+    print(f"\ntest AUC: ray {ray_metrics['auc']:.6f} ({ray_s:.1f}s), local world size 2 {local['auc']:.6f} "
+          f"({local_s:.1f}s), diff {abs(ray_metrics['auc'] - local['auc']):.6f}")
+    assert abs(ray_metrics["auc"] - local["auc"]) <= AUC_TOL
+    assert abs(ray_metrics["wauc"] - local["wauc"]) <= AUC_TOL
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["last_epoch"] == EPOCHS - 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]  # Ray Train's storage is gone
+
+
+@dataclass
+class KillOnce(TrainerHooks):
+    """On rank ``rank``, once (``marker``), after epoch ``epoch`` is checkpointed and
+    recorded in ``state.json``: SIGKILL this worker process."""
+
+    marker: Path
+    ckpt_dir: Path
+    epoch: int = 0
+    rank: int = 1
+
+    def on_epoch_end(self, epoch: int, metrics: dict, checkpoint: Path | None) -> bool:
+        import torch.distributed as dist
+
+        if epoch != self.epoch or dist.get_rank() != self.rank or self.marker.exists():
+            return False
+        self.marker.write_text(str(os.getpid()))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # rank 0 records the epoch right after the hooks
+            try:
+                if json.loads((self.ckpt_dir / "state.json").read_text())["last_epoch"] >= epoch:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+
+def _with_hooks(hooks, cfg, data_dir, run_dir, resume):
+    return [replace(job, hooks=hooks) for job in train_jobs(cfg, data_dir, run_dir, resume)]
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_and_resumes(ray_run, ml_gender, tmp_path):
+    from mdctr.orchestration.ray.train import RayTrainLauncher
+    from mdctr.platform.safe_dcp import CHECKSUMS
+
+    _, undisturbed, _ = ray_run
+    out = tmp_path / "run"
+    hooks = KillOnce(tmp_path / "killed", out / "checkpoints")
+    t0 = time.perf_counter()
+    metrics = train(_config(ml_gender), out, planner=partial(_with_hooks, hooks),
+                    launcher=RayTrainLauncher(2, max_failures=1, storage_path=tmp_path / "ray-storage"))
+    seconds = time.perf_counter() - t0
+    print(f"\nkilled and restarted: test AUC {metrics['auc']:.6f} ({seconds:.1f}s), undisturbed "
+          f"{undisturbed['auc']:.6f}, diff {abs(metrics['auc'] - undisturbed['auc']):.6f}")
+    assert (tmp_path / "killed").exists()  # the worker was killed
+    log = (out / "train.log").read_text()
+    assert "resumed from epoch 0" in log
+    assert abs(metrics["auc"] - undisturbed["auc"]) <= AUC_TOL
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["auc"] == metrics["auc"] and set(on_disk["domains"]) == {"F", "M"}
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["last_epoch"] == EPOCHS - 1 and [h["epoch"] for h in state["history"]] == list(range(EPOCHS))
+    epochs = [d for d in (out / "checkpoints").iterdir() if d.is_dir()]
+    assert epochs and all((d / CHECKSUMS).is_file() for d in epochs)
+    assert not list((tmp_path / "ray-storage").iterdir())  # Ray Train's copies are removed
+
+
+@pytest.mark.slow
+def test_worker_error_is_reraised(ray_cluster, ml_gender, tmp_path):
+    """Without restarts, a worker's error reaches the caller as itself."""
+    from mdctr.orchestration.ray.train import RayTrainLauncher
+
+    with pytest.raises(RuntimeError, match="boom on rank 1"):
+        train(_config(ml_gender), tmp_path / "run", planner=partial(_with_hooks, Boom()),
+              launcher=RayTrainLauncher(2))
+    assert not (tmp_path / "run").exists() or (tmp_path / "run" / "checkpoints").exists()
+
+
+@dataclass
+class Boom(TrainerHooks):
+    def on_epoch_end(self, epoch: int, metrics: dict, checkpoint: Path | None) -> bool:
+        import torch.distributed as dist
+
+        if dist.get_rank() == 1:
+            raise RuntimeError("boom on rank 1")
+        return False
