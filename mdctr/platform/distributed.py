@@ -38,6 +38,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
+from mdctr.core.environ import scoped_env
 from mdctr.platform.config import DenseOptim, EmbeddingOptim
 from mdctr.platform.quiet import quiet_library_warnings
 
@@ -98,16 +99,8 @@ def loopback_transport() -> Iterator[None]:
     one), NCCL its first non-loopback interface. The ranks :func:`launch` starts all run on
     this machine, so loopback reaches every peer. The variables are restored afterwards.
     """
-    saved = {var: os.environ.get(var) for var in TRANSPORT_IFNAME_VARS}
-    os.environ.update(dict.fromkeys(TRANSPORT_IFNAME_VARS, loopback_interface()))
-    try:
+    with scoped_env(dict.fromkeys(TRANSPORT_IFNAME_VARS, loopback_interface())):
         yield
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 @contextmanager

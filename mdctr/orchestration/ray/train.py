@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+from mdctr.core.environ import scoped_env
 from mdctr.platform.job import Job, TrainerHooks, run_job
 
 log = logging.getLogger("mdctr.ray")
@@ -188,19 +189,13 @@ def loopback_only() -> Iterator[None]:
     told too. Restored afterwards."""
     import ray._private.ray_constants as ray_constants
 
-    saved_env = {k: os.environ.get(k) for k in LOCAL_CLUSTER_ENV}
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ.update(LOCAL_CLUSTER_ENV)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        yield
+        with scoped_env(LOCAL_CLUSTER_ENV):
+            yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager
