@@ -39,6 +39,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from mdctr.core.environ import scoped_env
+from mdctr.platform import solo_group
 from mdctr.platform.config import DenseOptim, EmbeddingOptim
 from mdctr.platform.quiet import quiet_library_warnings
 
@@ -110,8 +111,9 @@ def process_group(rank: int, world_size: int, backend: str, rendezvous: str | No
     The ranks meet without a TCP rendezvous: world size 1 needs none (an in-memory
     ``HashStore``), larger ones share a ``FileStore`` at ``rendezvous`` (a file in a private
     directory made by :func:`launch`). The backend's own transport binds the loopback
-    interface (:func:`loopback_transport`). At world size 1, gloo still opens one listening
-    socket for it (on loopback); it closes when the group is destroyed.
+    interface (:func:`loopback_transport`). World size 1 on CPU has no transport at all: it
+    runs on :class:`~mdctr.platform.solo_group.SoloGroup` instead of gloo, so nothing
+    listens.
     """
     if dist.is_initialized():
         yield
@@ -119,6 +121,9 @@ def process_group(rank: int, world_size: int, backend: str, rendezvous: str | No
     if world_size > 1 and rendezvous is None:
         raise ValueError("a process group of more than one rank needs a rendezvous file")
     hook = sys.excepthook  # init_process_group chains a "[rankN]:" excepthook on every call
+    if world_size == 1 and backend == "gloo":
+        solo_group.register()
+        backend = solo_group.BACKEND
     with loopback_transport():
         store = dist.HashStore() if world_size == 1 else dist.FileStore(rendezvous, world_size)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
