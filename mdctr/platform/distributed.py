@@ -16,10 +16,12 @@ import logging
 import os
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -92,42 +94,75 @@ def loopback_interface() -> str:
     return next((name for name in names if name.startswith("lo")), "lo")
 
 
+def interface_of(address: str) -> str | None:
+    """The name of the network interface that holds IPv4 ``address`` (the loopback interface
+    for 127.0.0.0/8), or None if none does or it cannot be told (not Linux)."""
+    if address.startswith("127.") or address in ("localhost", "::1"):
+        return loopback_interface()
+    try:
+        import fcntl
+
+        names = [name for _, name in socket.if_nameindex()]
+    except (ImportError, OSError):
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            try:  # SIOCGIFADDR: the interface's IPv4 address
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address
+                continue
+            if socket.inet_ntoa(raw[20:24]) == address:
+                return name
+    return None
+
+
 @contextmanager
-def loopback_transport() -> Iterator[None]:
-    """Make the gloo/NCCL transports created meanwhile bind the loopback interface.
+def transport_on(interface: str) -> Iterator[None]:
+    """Make the gloo/NCCL transports created meanwhile bind ``interface``.
 
     gloo otherwise binds the address this machine's hostname resolves to (often a public
-    one), NCCL its first non-loopback interface. The ranks :func:`launch` starts all run on
-    this machine, so loopback reaches every peer. The variables are restored afterwards.
+    one), NCCL its first non-loopback interface. The variables are restored afterwards.
     """
-    with scoped_env(dict.fromkeys(TRANSPORT_IFNAME_VARS, loopback_interface())):
+    with scoped_env(dict.fromkeys(TRANSPORT_IFNAME_VARS, interface)):
         yield
+
+
+def loopback_transport():
+    """:func:`transport_on` the loopback interface: the ranks :func:`launch` starts all run on
+    this machine, so loopback reaches every peer."""
+    return transport_on(loopback_interface())
+
+
+def init_group(rank: int, world_size: int, backend: str, rendezvous: str | None = None,
+               timeout: timedelta | None = None) -> None:
+    """Join the default process group without a TCP rendezvous.
+
+    World size 1 needs none: on CPU it runs on
+    :class:`~mdctr.platform.solo_group.SoloGroup` (no transport, nothing listens), on GPU
+    on NCCL with an in-memory ``HashStore``. Larger worlds share a ``FileStore`` at
+    ``rendezvous`` (a fresh file every rank sees). The transport binds the interface the
+    caller chose (``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``).
+    """
+    if world_size > 1 and rendezvous is None:
+        raise ValueError("a process group of more than one rank needs a rendezvous file")
+    if world_size == 1 and backend == "gloo":
+        solo_group.register()
+        backend = solo_group.BACKEND
+    store = dist.HashStore() if world_size == 1 else dist.FileStore(rendezvous, world_size)
+    kwargs = {} if timeout is None else {"timeout": timeout}
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, **kwargs)
 
 
 @contextmanager
 def process_group(rank: int, world_size: int, backend: str, rendezvous: str | None = None) -> Iterator[None]:
-    """Join (and finally leave) the default process group; a no-op if one exists already.
-
-    The ranks meet without a TCP rendezvous: world size 1 needs none (an in-memory
-    ``HashStore``), larger ones share a ``FileStore`` at ``rendezvous`` (a file in a private
-    directory made by :func:`launch`). The backend's own transport binds the loopback
-    interface (:func:`loopback_transport`). World size 1 on CPU has no transport at all: it
-    runs on :class:`~mdctr.platform.solo_group.SoloGroup` instead of gloo, so nothing
-    listens.
-    """
+    """Join (and finally leave) the default process group (:func:`init_group`), its
+    transport on loopback (:func:`loopback_transport`); a no-op if one exists already."""
     if dist.is_initialized():
         yield
         return
-    if world_size > 1 and rendezvous is None:
-        raise ValueError("a process group of more than one rank needs a rendezvous file")
     hook = sys.excepthook  # init_process_group chains a "[rankN]:" excepthook on every call
-    if world_size == 1 and backend == "gloo":
-        solo_group.register()
-        backend = solo_group.BACKEND
     with loopback_transport():
-        store = dist.HashStore() if world_size == 1 else dist.FileStore(rendezvous, world_size)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
-        del store
+        init_group(rank, world_size, backend, rendezvous)
         try:
             yield
         finally:

@@ -15,6 +15,7 @@ dataclasses, never lambdas.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -256,7 +257,8 @@ def run_job(rank: int, world_size: int, job: Job) -> None:
     started = time.perf_counter()
     setup_logging(job.log_dir, rank, verbose=job.verbose)
     try:
-        device, _ = select_device(rank)
+        # the device of this rank on its own machine (Ray Train and torchrun set LOCAL_RANK)
+        device, _ = select_device(int(os.environ.get("LOCAL_RANK", rank)))
         spec = load_spec(job.data_dir)
         layout = job.layout(load_spec(job.spec_dir) if job.spec_dir is not None else spec)
         raw = tuple(job.transform.raw_fields) if job.transform is not None else ()

@@ -22,6 +22,8 @@ import pytest
 from mdctr.core.errors import ConfigError
 from mdctr.platform.job import TrainerHooks
 from mdctr.platform.run import resolve_config, train, train_jobs
+from tests.platform import test_listeners
+from tests.platform.test_listeners import LOOPBACK, listening
 from tests.platform.conftest import _make_config
 
 AUC_TOL = 0.003
@@ -88,12 +90,14 @@ def ray_cluster():
 
     temp = tempfile.mkdtemp(prefix="ray-t-")  # short: Ray's socket paths live under it
     # the hooks below travel to the workers by value (this module is not on their path)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    for module in (sys.modules[__name__], test_listeners):
+        cloudpickle.register_pickle_by_value(module)
     try:
         with local_cluster(2, temp):  # ray.shutdown() at the end stops this cluster only
             yield
     finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        for module in (sys.modules[__name__], test_listeners):
+            cloudpickle.unregister_pickle_by_value(module)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -101,14 +105,32 @@ def _config(data: Path):
     return _make_config(data, train={"epochs": EPOCHS, "patience": 2}, world_size=2)
 
 
+@dataclass
+class RecordListeners(TrainerHooks):
+    """After the first epoch, every rank writes what its worker process listens on."""
+
+    out: Path
+
+    def on_epoch_end(self, epoch: int, metrics: dict, checkpoint: Path | None) -> bool:
+        import torch.distributed as dist
+
+        if epoch == 0:
+            seen = listening() if os.path.exists("/proc/self/net/tcp") else None
+            (self.out / f"rank{dist.get_rank()}.json").write_text(json.dumps(seen))
+        return False
+
+
 @pytest.fixture(scope="module")
 def ray_run(ray_cluster, ml_gender, tmp_path_factory):
-    """An undisturbed 2-worker Ray Train run: (run dir, metrics, seconds)."""
+    """An undisturbed 2-worker Ray Train run: (run dir, metrics, seconds); its workers record
+    their listening sockets in ``listeners/``."""
     from mdctr.orchestration.ray.train import RayTrainLauncher
 
     out = tmp_path_factory.mktemp("ray") / "run"
+    (out.parent / "listeners").mkdir()
     t0 = time.perf_counter()
-    metrics = train(_config(ml_gender), out, launcher=RayTrainLauncher(2))
+    metrics = train(_config(ml_gender), out, planner=partial(_with_hooks, RecordListeners(out.parent / "listeners")),
+                    launcher=RayTrainLauncher(2))
     return out, metrics, time.perf_counter() - t0
 
 
@@ -124,7 +146,19 @@ def test_ray_workers_match_local_ranks(ray_run, ml_gender, tmp_path):
     assert abs(ray_metrics["wauc"] - local["wauc"]) <= AUC_TOL
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["last_epoch"] == EPOCHS - 1
-    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]  # Ray Train's storage is gone
+    assert sorted(p.name for p in out.parent.iterdir()) == ["listeners", "run"]  # Ray Train's storage is gone
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads /proc (Linux)")
+def test_ray_train_workers_listen_on_loopback_only(ray_run):
+    """No rendezvous store on every interface: each worker's sockets (Ray's own and gloo's)
+    are on 127.0.0.1."""
+    out, _, _ = ray_run
+    for rank in range(2):
+        seen = json.loads((out.parent / "listeners" / f"rank{rank}.json").read_text())
+        assert seen, rank  # Ray's worker servers at least
+        assert {addr for addr, _ in seen} <= LOOPBACK, (rank, seen)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from mdctr.platform import distributed
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads /proc (Linux)")
 
-LOOPBACK = {"127.0.0.1", "::1"}
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}  # the last: IPv4 loopback on an IPv6 socket
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 
 

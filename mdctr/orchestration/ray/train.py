@@ -2,9 +2,11 @@
 Train workers.
 
 :class:`RayTrainLauncher` starts a ``TorchTrainer`` whose workers each call
-:func:`~mdctr.platform.job.run_job` with their world rank; Ray Train's ``TorchConfig`` sets
-up the process group (gloo on CPU, NCCL with ``use_gpu``), so the job runs exactly as under
-:class:`~mdctr.platform.launcher.LocalLauncher`. Every epoch, every worker calls
+:func:`~mdctr.platform.job.run_job` with their world rank, in a process group (gloo on CPU,
+NCCL with ``use_gpu``) set up as :class:`~mdctr.platform.launcher.LocalLauncher` sets up
+its own (:class:`~mdctr.orchestration.ray.rendezvous.FileRendezvousConfig`: no TCP rendezvous store, which would listen on
+every interface; each worker's transport on its node's own interface), so the job runs
+exactly as it does locally. Every epoch, every worker calls
 ``ray.train.report`` with the epoch's metrics; rank 0 attaches the epoch's checkpoint
 directory. When a worker dies, Ray Train restarts the worker group (up to
 ``max_failures`` times) and the job resumes from its own last checkpoint
@@ -142,7 +144,9 @@ class RayTrainLauncher:
 
     def launch(self, job: Job) -> None:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train.torch import TorchTrainer
+
+        from mdctr.orchestration.ray.rendezvous import FileRendezvousConfig
 
         job = replace(job, world_size=self.num_workers)
         base = Path(job.log_dir or job.ckpt_dir.parent)
@@ -153,7 +157,7 @@ class RayTrainLauncher:
         trainer = TorchTrainer(
             partial(_train_loop, job, _state_files(job)),
             scaling_config=ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu),
-            torch_config=TorchConfig(backend="nccl" if self.use_gpu else "gloo"),
+            torch_config=FileRendezvousConfig(backend="nccl" if self.use_gpu else "gloo", root=str(storage / name)),
             run_config=RunConfig(name=name, storage_path=str(storage),
                                  failure_config=FailureConfig(max_failures=self.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=1)))
@@ -204,13 +208,9 @@ def local_cluster(num_cpus: int, temp_dir: str | Path | None = None) -> Iterator
     ``ray.shutdown()`` afterwards stops this cluster only."""
     import ray
 
-    from mdctr.platform.distributed import loopback_interface
-
     with loopback_only():
-        # the workers' gloo transport on loopback too: every worker runs on this machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _temp_dir=None if temp_dir is None else str(temp_dir),
-                 runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": loopback_interface()}})
+                 _temp_dir=None if temp_dir is None else str(temp_dir))
         try:
             yield
         finally:
