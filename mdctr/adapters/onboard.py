@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +31,7 @@ from mdctr.adapters.rows import find_cold_rows, seen_rows
 from mdctr.adapters.run import AdapterRunDir, MLoRATrainConfig
 from mdctr.core.config import with_overrides
 from mdctr.core.errors import ArtifactError, ConfigError, DataContractError
-from mdctr.core.io import check_output, temp_sibling
+from mdctr.core.io import check_output, scratch_dir, temp_sibling
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.selection import Selection
 from mdctr.domains.validate import validate_dataset
@@ -255,8 +254,9 @@ def predict(run_dir: str | Path, data: str | Path, *, adapters: list[str | Path]
     """Logits of a run (plus external adapters) on ``data``: ``{"logits", "labels", "domain"}``."""
     run, data_dir = AdapterRunDir(run_dir), resolve_data(data)
     extra = [Path(a) for a in adapters]
-    with tempfile.TemporaryDirectory() as tmp:
-        out_file = Path(tmp) / "pred.parquet"
+    tmp = scratch_dir("predict")
+    try:
+        out_file = tmp / "pred.parquet"
         job = platform_run.prediction_job(run, data_dir, split, PredictionsOutput(out_file, "eval"))
         if domains is not None:
             job.selection = job.selection.with_domains(domains)
@@ -265,4 +265,6 @@ def predict(run_dir: str | Path, data: str | Path, *, adapters: list[str | Path]
         job.model_domains = model_domains(run, extra)
         resolve_launcher(launcher).launch(job)
         p = read_predictions(out_file)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"logits": p.logits, "labels": p.labels, "domain": p.domain}

@@ -6,7 +6,8 @@ next to the target (:func:`temp_sibling`), which is renamed into place only when
 (:func:`commit_dir`); small JSON records (manifests, ``run.json``) are replaced whole
 (:func:`write_json`: temp file + ``os.replace``, flushed to disk with ``durable``). A crash
 leaves at most a hidden temporary entry, never a partial target; readers ignore hidden
-entries and owners may delete stale ones.
+entries. Every temporary entry carries its writer's PID (``.NAME.TAG-PID-XXXX``), so the
+next writer of the same target removes what a killed one left (:func:`remove_stale`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,64 @@ def check_output(out: Path, *, overwrite: bool = False) -> None:
 
 
 def temp_sibling(out: Path, tag: str = "tmp") -> Path:
-    """A new hidden directory next to ``out`` (same file system: renames are atomic)."""
+    """A new hidden directory ``.NAME.TAG-PID-XXXX`` next to ``out`` (same file system:
+    renames are atomic). Those of earlier writers that are gone are removed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{tag}-", dir=out.parent))
+    return pid_scratch(out.parent, f".{out.name}.{tag}-")
+
+
+def pid_scratch(parent: Path, prefix: str) -> Path:
+    """A new private directory ``PREFIX + PID-XXXX`` in ``parent`` (mode 0700), after
+    removing the ``PREFIX + PID-*`` entries of processes that are gone."""
+    parent = Path(parent)
+    remove_stale(parent, prefix)
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def writer_pid(name: str, prefix: str) -> int | None:
+    """The PID in an entry named ``PREFIX + PID-...`` (None if it is not such a name)."""
+    if not name.startswith(prefix):
+        return None
+    pid, _, rest = name[len(prefix):].partition("-")
+    return int(pid) if pid.isdigit() and int(pid) > 0 and rest else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(parent: Path, prefix: str) -> list[Path]:
+    """Remove the entries ``PREFIX + PID-*`` in ``parent`` whose process is gone; returns them."""
+    gone = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return gone
+    for entry in entries:
+        pid = writer_pid(entry.name, prefix)
+        if pid is None or pid_alive(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        gone.append(entry)
+    return gone
+
+
+def scratch_dir(tag: str) -> Path:
+    """A private scratch directory for work that has no output of its own (e.g. predictions
+    returned in memory), under :func:`state_dir`; a killed writer's is removed by the next."""
+    return pid_scratch(state_dir() / "scratch", f"{tag}-")
 
 
 def commit_dir(tmp: Path, out: Path, *, overwrite: bool = False) -> bool:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mdctr.core.errors import DataContractError
-from mdctr.core.io import cache_dir
+from mdctr.core.io import cache_dir, temp_sibling
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 GROUPLENS_MD5 = "0e33842e24a9c977be4e0107933c0723"
@@ -145,7 +145,8 @@ def _from_grouplens(cache: Path, timeout: float) -> MovieLensRaw | None:
 
 
 def _download_recbole_files(dest: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp = temp_sibling(dest, "download")  # removed below, or by the next download if killed
+    try:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "-q", "-d", tmp, RECBOLE_WHEEL]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -165,6 +166,8 @@ def _download_recbole_files(dest: Path) -> None:
                 part = dest / f"{name}.part"
                 part.write_bytes(z.read(RECBOLE_FOLDER + name))
                 os.replace(part, dest / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _from_recbole(cache: Path) -> MovieLensRaw:

@@ -18,7 +18,6 @@ import shutil
 import socket
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -41,6 +40,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from mdctr.core.environ import scoped_env
+from mdctr.core.io import scratch_dir, temp_sibling
 from mdctr.platform import solo_group
 from mdctr.platform.config import DenseOptim, EmbeddingOptim
 from mdctr.platform.quiet import quiet_library_warnings
@@ -204,13 +204,15 @@ def _spawned_worker(rank: int, world_size: int, rendezvous: str, fn: Callable, a
     os._exit(0)
 
 
-def launch(fn: Callable, world_size: int, *args) -> None:
+def launch(fn: Callable, world_size: int, *args, near: Path | None = None) -> None:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` ranks (spawned processes if > 1).
 
     Already inside a process group (e.g. a Ray Train worker or ``torchrun``), ``fn`` runs on
     this rank of it instead. Otherwise the ranks rendezvous through a file in a private
-    temporary directory (removed when they are done, also on failure) rather than a TCP
-    port, and their transport listens on loopback only (:func:`process_group`).
+    directory rather than a TCP port, and their transport listens on loopback only
+    (:func:`process_group`). The directory is a hidden sibling of ``near`` (the job's
+    output; else under the state directory's scratch), removed when the ranks are done, also
+    on failure, and by the next launch if this one was killed.
     """
     if dist.is_initialized():
         fn(dist.get_rank(), dist.get_world_size(), *args)
@@ -218,7 +220,7 @@ def launch(fn: Callable, world_size: int, *args) -> None:
     if world_size == 1:
         _worker(0, 1, None, fn, args)
         return
-    rendezvous = tempfile.mkdtemp(prefix="mdctr-rendezvous-")  # mode 0700: this user's ranks only
+    rendezvous = temp_sibling(near, "rendezvous") if near is not None else scratch_dir("rendezvous")
     try:
         mp.spawn(_spawned_worker, args=(world_size, os.path.join(rendezvous, "store"), fn, args),
                  nprocs=world_size, join=True)

@@ -25,7 +25,7 @@ class LocalLauncher:
     def launch(self, job: Job) -> None:
         from mdctr.platform.distributed import launch
 
-        launch(run_job, job.world_size, job)
+        launch(run_job, job.world_size, job, near=job.ckpt_dir)
 
 
 def resolve_launcher(launcher: Launcher | None) -> Launcher:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mdctr.core import io as core_io
 from mdctr.platform import distributed
 
 
@@ -35,7 +38,7 @@ def taken_port():
 @pytest.fixture
 def rendezvous_dirs(monkeypatch):
     """The rendezvous directories :func:`distributed.launch` makes, checked private on creation."""
-    made, real = [], distributed.tempfile.mkdtemp
+    made, real = [], core_io.tempfile.mkdtemp
 
     def mkdtemp(*args, **kwargs):
         path = real(*args, **kwargs)
@@ -43,17 +46,24 @@ def rendezvous_dirs(monkeypatch):
         made.append(Path(path))
         return path
 
-    monkeypatch.setattr(distributed.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(core_io.tempfile, "mkdtemp", mkdtemp)
     return made
 
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_launch_needs_no_rendezvous_port(taken_port, world, tmp_path, monkeypatch, rendezvous_dirs):
     """MASTER_ADDR/MASTER_PORT play no part: a taken port and an all-interfaces address there
-    change nothing (the TCP rendezvous and its port race are gone)."""
+    change nothing (the TCP rendezvous and its port race are gone). The rendezvous directory
+    is a hidden sibling of the job's output, and a killed launch's is removed by the next."""
     monkeypatch.setenv("MASTER_ADDR", "0.0.0.0")
     monkeypatch.setenv("MASTER_PORT", str(taken_port))
-    distributed.launch(record, world, str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    killed = tmp_path / f".out.rendezvous-{proc.pid}-0000"
+    killed.mkdir()
+    distributed.launch(record, world, str(tmp_path), near=tmp_path / "out")
+    assert all(d.parent == tmp_path and d.name.startswith(".out.rendezvous-") for d in rendezvous_dirs)
+    assert killed.exists() == (world == 1)
     assert [Path(tmp_path, f"rank{r}").read_text() for r in range(world)] == [f"{world} {world}"] * world
     assert len(rendezvous_dirs) == (world > 1)  # world size 1 keeps its store in memory
     assert not any(d.exists() for d in rendezvous_dirs)  # removed once the ranks are done

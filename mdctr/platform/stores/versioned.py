@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from mdctr.core.errors import ArtifactError, ConfigError
-from mdctr.core.io import commit_dir, write_json
+from mdctr.core.io import commit_dir, remove_stale, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "mdctr-store/1"
@@ -245,16 +245,7 @@ class VersionedStore:
 
     def remove_stale(self) -> list[Path]:
         """Remove the ``.tmp-PID-*`` entries of processes that are gone; returns them."""
-        gone = []
-        for d in self.root.glob(".tmp-*") if self.root.exists() else []:
-            pid = _pid_of(d.name)
-            if pid is not None and not _alive(pid):
-                if d.is_dir() and not d.is_symlink():
-                    shutil.rmtree(d, ignore_errors=True)
-                else:
-                    d.unlink(missing_ok=True)
-                gone.append(d)
-        return gone
+        return remove_stale(self.root, ".tmp-")
 
     def delete(self, names: list[str]) -> None:
         """Remove versions (manifest first, then files)."""
@@ -290,21 +281,3 @@ class VersionedStore:
                         d.unlink(missing_ok=True)
             self.remove_stale()
         return removed
-
-
-def _pid_of(name: str) -> int | None:
-    """The writer's PID in a ``.tmp-PID-TOKEN`` name (None if it has none)."""
-    parts = name.split("-")
-    if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) <= 0:
-        return None
-    return int(parts[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
