@@ -13,16 +13,29 @@ app = typer.Typer(no_args_is_help=True,
                   help="E-CDCTR tri-level transfer: run a stage for a date, replay the calendar, lineage.")
 
 
-def _pipeline(config: Path):
-    """The config's pipeline; its ``store`` may not exist yet but must not be a file."""
+def _config(config: Path, workers: int | None = None):
+    """The pipeline config (``--workers`` overrides ``resources.workers``; with more than one
+    worker, the stages' world size is the number of workers); its ``store`` may not exist
+    yet but must not be a file."""
     from mdctr.core.errors import ConfigError
     from mdctr.orchestration.config import load_pipeline_config
-    from mdctr.orchestration.stages import Pipeline
 
     cfg = load_pipeline_config(config)
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"workers": workers})})
+    if cfg.resources.workers > 1:
+        cfg = cfg.model_copy(update={"world_size": cfg.resources.workers})
     if Path(cfg.store).exists() and not Path(cfg.store).is_dir():
         raise ConfigError(f"store: {cfg.store} is not a directory", file=config)
-    return Pipeline(cfg)
+    return cfg
+
+
+def _pipeline(config: Path, launcher=None):
+    from mdctr.orchestration.stages import Pipeline
+
+    return Pipeline(_config(config), launcher)
 
 
 def _stage(name: str, flag: str = "STAGE") -> str:
@@ -40,14 +53,20 @@ def pipeline_run(
     day: str = typer.Option(..., "--date", help="Run date YYYY-MM-DD: the stage trains only on data before it."),
     config: Path = ConfigOpt,
     evaluate: bool = typer.Option(False, "--evaluate-next-day", help="actr: also score the ad rows of --date."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Ray Train workers for tpm/cpm/actr (resources.workers)."),
 ) -> None:
     """Run one stage for one date (idempotent: an existing version is reported, not re-run)."""
     import json
 
     from mdctr.core.timeutil import parse_date
+    from mdctr.orchestration.ray.train import resources_launcher
+    from mdctr.orchestration.stages import Pipeline
 
     stage, when = _stage(stage), parse_date(day)  # arguments first: a bad one creates no store
-    rec, created = _pipeline(config).run(stage, when, evaluate_next_day=evaluate)
+    cfg = _config(config, workers)
+    with resources_launcher(cfg.resources) as launcher:
+        rec, created = Pipeline(cfg, launcher).run(stage, when, evaluate_next_day=evaluate)
     typer.echo(("created " if created else "exists  ") + rec.version_id)
     typer.echo(json.dumps({"inputs": rec.inputs, "window": [rec.window_start, rec.window_end], "rows": rec.rows,
                            "metrics": rec.metrics, "path": rec.path}, indent=1))

@@ -27,15 +27,10 @@ def train_cmd(
 
     cfg = resolve_config(config, world_size=world_size, split_seed=split_seed, seed=seed, workers=workers,
                          loader=load_config)
-    res = cfg.resources
-    if res.workers <= 1:
-        train(cfg, out, resume=resume)
-        return
-    from mdctr.orchestration.ray.train import RayTrainLauncher, ray_session
+    from mdctr.orchestration.ray.train import resources_launcher
 
-    with ray_session(res.workers):
-        train(cfg, out, resume=resume,
-              launcher=RayTrainLauncher(res.workers, use_gpu=res.use_gpu, max_failures=res.max_failures))
+    with resources_launcher(cfg.resources) as launcher:
+        train(cfg, out, resume=resume, launcher=launcher)
 
 
 def evaluate_cmd(

@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from mdctr.core.config import StrictModel, load_model
-from mdctr.platform.config import ModelConfig, OptimConfig, TrainLoopConfig
+from mdctr.platform.config import ModelConfig, OptimConfig, ResourcesConfig, TrainLoopConfig
 
 
 class TPMConfig(StrictModel):
@@ -132,6 +132,8 @@ class PipelineConfig(StrictModel):
     finetune: FinetuneStageConfig | None = None
     seed: int = Field(default=0, ge=0)
     world_size: int = Field(default=1, ge=1)
+    #: where the training stages' ranks run (``workers`` > 1: Ray Train; not in any hash)
+    resources: ResourcesConfig = ResourcesConfig()
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

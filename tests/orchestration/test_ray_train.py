@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from datetime import date
 from functools import partial
 from pathlib import Path
 
@@ -239,3 +240,37 @@ class Boom(TrainerHooks):
         if dist.get_rank() == 1:
             raise RuntimeError("boom on rank 1")
         return False
+
+
+@pytest.mark.slow
+def test_pipeline_stage_on_ray_workers_matches_local_ranks(ray_cluster, ads_data, pipeline_config, tmp_path, capsys):
+    """``mdctr pipeline run tpm --workers 2``: the stage's ranks on two Ray Train workers give
+    the version the local 2-process run gives (same rows, same validation AUC)."""
+    from mdctr.cli import main
+    from mdctr.core.config import dump_model
+    from mdctr.orchestration.stages import Pipeline
+
+    local_cfg = pipeline_config(ads_data, tmp_path / "local").model_copy(update={"world_size": 2})
+    local, _ = Pipeline(local_cfg).run("tpm", date(2024, 3, 1))
+    config = tmp_path / "pipeline.yaml"
+    dump_model(pipeline_config(ads_data, tmp_path / "ray"), config)
+    assert main(["pipeline", "run", "tpm", "--date", "2024-03-01", "--config", str(config), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "created tpm-2024-03-01-" in out
+    assert "(RayTrainWorker pid=" in out  # the epochs were printed by Ray Train workers
+    ray_cfg = pipeline_config(ads_data, tmp_path / "ray").model_copy(update={"world_size": 2})
+    on_ray = Pipeline(ray_cfg).latest("tpm", date(2024, 3, 2))
+    assert on_ray.version_id == local.version_id  # 2 workers are world size 2; nothing else differs
+    assert on_ray.rows == local.rows
+    assert on_ray.metrics["valid_auc"] == pytest.approx(local.metrics["valid_auc"], abs=AUC_TOL)
+
+
+def test_pipeline_run_rejects_zero_workers(tmp_path, capsys):
+    from mdctr.cli import main
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"data: movielens-100k:ads\nstore: {tmp_path / 'store'}\n")
+    assert main(["pipeline", "run", "tpm", "--date", "1998-03-01", "--config", str(config), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers" in err[0]
+    assert not (tmp_path / "store").exists()

@@ -179,6 +179,18 @@ class RayTrainLauncher:
                     pass
 
 
+@contextmanager
+def resources_launcher(resources) -> Iterator[RayTrainLauncher | None]:
+    """The launcher a ``resources:`` section asks for, for the duration: None (this machine's
+    :class:`~mdctr.platform.launcher.LocalLauncher`) for one worker, else a
+    :class:`RayTrainLauncher` inside a :func:`ray_session`."""
+    if resources.workers <= 1:
+        yield None
+        return
+    with ray_session(resources.workers):
+        yield RayTrainLauncher(resources.workers, use_gpu=resources.use_gpu, max_failures=resources.max_failures)
+
+
 def inside_ray_cluster() -> bool:
     """Whether this process should join an existing Ray cluster (a Ray job's entrypoint,
     or ``RAY_ADDRESS`` set) rather than start its own."""

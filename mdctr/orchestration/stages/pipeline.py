@@ -39,6 +39,7 @@ from mdctr.orchestration.lineage import Lineage, VersionRecord
 from mdctr.orchestration.stages.registry import get_stage, schedule_order, stage_hash, version_id
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.config import Baseline, ModelConfig
+from mdctr.platform.launcher import Launcher
 from mdctr.platform.model import feature_layout
 from mdctr.platform.rundir import RUN_FILE, RunDir
 from mdctr.platform.stores.embeddings import EmbeddingStore
@@ -47,8 +48,10 @@ from mdctr.platform.stores.embeddings import EmbeddingStore
 class Pipeline:
     """One pipeline config's stages, store and lineage."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, launcher: Launcher | None = None):
         self.cfg = cfg
+        #: where the training stages (tpm, cpm, actr) run their ranks (default: this machine)
+        self.launcher = launcher
         self.data_dir = resolve_data(cfg.data)
         self.spec, _ = validate_dataset(self.data_dir)
         names = self.spec.domain_names

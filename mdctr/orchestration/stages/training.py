@@ -113,7 +113,7 @@ def train_stage(pipe, vid: str, out: Path, cfg: TrainConfig, window: tuple[int, 
     job = Job(cfg, pipe.data_dir, out / "checkpoints", model=model, selection=selection, transform=transform,
               train_split="train" if cfg.train.validation else None, init=init, predict=predict,
               output=StageOutput(out, pipe.cfg.actr.min_eval_rows), log_dir=out, verbose=verbose, progress=False)
-    resolve_launcher(None).launch(job)
+    resolve_launcher(pipe.launcher).launch(job)
     best = ckpt.read_state(out / "checkpoints").best_epoch
     for d in (out / "checkpoints").glob("epoch-*"):  # the version keeps its model only
         if d.name != ckpt.epoch_dir(out, best).name:
