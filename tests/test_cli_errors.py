@@ -136,3 +136,18 @@ def test_exit_codes_in_a_subprocess(tmp_path):
     proc = run([sys.executable, "-m", "mdctr.cli", "--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Usage: mdctr [OPTIONS] COMMAND" in proc.stdout
+
+
+def test_a_ray_uploaded_working_directory_is_pointed_out(tmp_path, monkeypatch, capsys):
+    """Inside `ray job submit --working-dir`, relative outputs would vanish with the session."""
+    from mdctr.cli import main
+
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert main(["cluster", "--help"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mdctr: warning: running in a Ray job's uploaded working directory")
+    monkeypatch.chdir(tmp_path)
+    assert main(["cluster", "--help"]) == 0
+    assert not capsys.readouterr().err

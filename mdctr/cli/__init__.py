@@ -16,6 +16,8 @@ Exit status (:func:`main`):
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from mdctr.cli import adapters, cluster, data, labels, pipeline, submit, train
@@ -41,6 +43,18 @@ submit.register(app)
 #: what typer returns (instead of raising) when a command is interrupted with Ctrl-C
 _INTERRUPTED = 130
 
+#: part of the working directory of a Ray job submitted with ``--working-dir``: a copy of the
+#: submitter's directory that Ray deletes with the cluster's session
+_RAY_WORKING_DIR = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
+
+
+def _warn_if_in_ray_working_dir() -> None:
+    cwd = os.getcwd()
+    if _RAY_WORKING_DIR in cwd + os.sep:
+        typer.echo(f"mdctr: warning: running in a Ray job's uploaded working directory ({cwd}): relative output "
+                   "paths (--out, --store, a config's store:) are written into it and deleted with the cluster's "
+                   "session; give absolute paths on storage that lasts (and that every node sees)", err=True)
+
 
 def _show_usage_error(exc: _ClickException) -> None:
     """A usage error as one line naming the option or argument and where to get help; a
@@ -62,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from mdctr.platform.quiet import quiet_library_warnings
 
     quiet_library_warnings()
+    _warn_if_in_ray_working_dir()
     try:
         rv = app(args=argv, prog_name="mdctr", standalone_mode=False)
     except InputError as exc:

@@ -55,8 +55,11 @@ def pipeline_run(
     evaluate: bool = typer.Option(False, "--evaluate-next-day", help="actr: also score the ad rows of --date."),
     workers: Optional[int] = typer.Option(None, "--workers",
                                           help="Ray Train workers for tpm/cpm/actr (resources.workers)."),
+    only: bool = typer.Option(False, "--only",
+                              help="Fail if an input stage has no usable version, rather than run it first."),
 ) -> None:
-    """Run one stage for one date (idempotent: an existing version is reported, not re-run)."""
+    """Run one stage for one date, after the inputs it needs that have no usable version yet
+    (run for the same date). Idempotent: an existing version is reported, not re-run."""
     import json
 
     from mdctr.core.timeutil import parse_date
@@ -66,7 +69,11 @@ def pipeline_run(
     stage, when = _stage(stage), parse_date(day)  # arguments first: a bad one creates no store
     cfg = _config(config, workers)
     with resources_launcher(cfg.resources) as launcher:
-        rec, created = Pipeline(cfg, launcher).run(stage, when, evaluate_next_day=evaluate)
+        pipe = Pipeline(cfg, launcher)
+        for name in ([] if only else pipe.with_inputs([stage], when)[:-1]):
+            dep, dep_created = pipe.run(name, when)
+            typer.echo(("created " if dep_created else "exists  ") + dep.version_id)
+        rec, created = pipe.run(stage, when, evaluate_next_day=evaluate)
     typer.echo(("created " if created else "exists  ") + rec.version_id)
     typer.echo(json.dumps({"inputs": rec.inputs, "window": [rec.window_start, rec.window_end], "rows": rec.rows,
                            "metrics": rec.metrics, "path": rec.path}, indent=1))

@@ -357,7 +357,7 @@ MISMATCH = [
          setup=(("cp", "cadence.yaml", "c.yaml"), ("edit", "c.yaml", "{A}/pstore", "{T}/fresh"))),
     case("pipeline-config-unknown-domain", "pipeline list --config {T}/c.yaml", "nope",
          setup=(("cp", "cadence.yaml", "c.yaml"), ("edit", "c.yaml", "store:", "ad_domains: [nope]\nstore:"))),
-    case("pipeline-run-actr-without-cpm", "pipeline run actr --date 2024-01-20 --config {T}/c.yaml", "CPM",
+    case("pipeline-run-actr-only-without-cpm", "pipeline run actr --only --date 2024-01-20 --config {T}/c.yaml", "CPM",
          setup=(("cp", "pstore"), ("cp", "cadence.yaml", "c.yaml"), ("edit", "c.yaml", "{A}/pstore", "{T}/pstore"))),
 ]
 

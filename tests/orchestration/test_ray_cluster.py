@@ -185,6 +185,35 @@ def test_ray_job_submit_runs_an_mdctr_command_verbatim(head, dataset, local_summ
 
 
 @slow
+def test_ray_job_submit_runs_a_pipeline_stage_verbatim(head):
+    """The command users type, word for word: the uploaded working directory's config, the
+    A-CTR's missing inputs (TPM, CPM) run first, the same output a local run prints, exit 0."""
+    env, info = head
+    env = {**env, "RAY_AUTH_MODE": "disabled"}
+    repo = Path(__file__).parents[2]
+    r = subprocess.run([RAY, "job", "submit", "--address", info.dashboard, "--working-dir", ".", "--",
+                        "mdctr", "pipeline", "run", "actr", "--date", "1998-03-02",
+                        "--config", "configs/movielens_ads_cadence.yaml"],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    made = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("created ")]
+    assert [v.rsplit("-", 1)[0] for v in made] == ["tpm-1998-03-02", "cpm-1998-03-02", "actr-1998-03-02"]
+    assert "epoch 0" in r.stdout and '"inputs"' in r.stdout
+    assert "mdctr: warning: running in a Ray job's uploaded working directory" in r.stdout + r.stderr
+
+
+@slow
+def test_a_failing_ray_job_submit_exits_non_zero(head):
+    env, info = head
+    env = {**env, "RAY_AUTH_MODE": "disabled"}
+    r = subprocess.run([RAY, "job", "submit", "--address", info.dashboard, "--", MDCTR, "pipeline", "run", "actr",
+                        "--date", "1998-13-02", "--config", "configs/movielens_ads_cadence.yaml"],
+                       env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert "--date" in r.stdout + r.stderr
+
+
+@slow
 def test_mdctr_submit_prints_the_summary_and_recognises_a_resubmission(head, dataset, local_summary):
     env, info = head
     r = _run(env, "submit", "--", "data", "validate", str(dataset))
@@ -192,7 +221,7 @@ def test_mdctr_submit_prints_the_summary_and_recognises_a_resubmission(head, dat
     out = r.stdout.splitlines()
     for line in local_summary:
         assert line in out, (line, r.stdout)
-    sid = submit.submission_id(["data", "validate", str(dataset)])
+    sid = submit.submission_id(["data", "validate", str(dataset)], os.getcwd())
     assert f"submitted: {sid}" in r.stderr
 
     again = _run(env, "submit", "--", "data", "validate", str(dataset))
@@ -210,7 +239,7 @@ def test_a_failing_job_exits_non_zero_and_shows_its_error(head):
     r = _run(env, "submit", "--", "data", "validate", "/nonexistent")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAILED" in r.stderr and "/nonexistent" in r.stderr
-    sid = submit.submission_id(["data", "validate", "/nonexistent"])
+    sid = submit.submission_id(["data", "validate", "/nonexistent"], os.getcwd())
     again = _run(env, "submit", "--", "data", "validate", "/nonexistent")  # a failed job may be retried
     assert again.returncode == 1, again.stdout + again.stderr
     assert f"previous job {sid} FAILED: deleted it, submitting again" in again.stderr
@@ -222,7 +251,7 @@ def test_no_wait_returns_at_once_and_the_job_still_runs(head, dataset):
     env, info = head
     r = _run(env, "submit", "--no-wait", "--", "data", "validate", "--help")
     assert r.returncode == 0, r.stdout + r.stderr
-    sid = submit.submission_id(["data", "validate", "--help"])
+    sid = submit.submission_id(["data", "validate", "--help"], os.getcwd())
     assert f"submitted: {sid}" in r.stderr and not r.stdout.strip()
 
 

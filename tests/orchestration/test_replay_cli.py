@@ -67,13 +67,20 @@ def test_cli_run_show_and_errors(ads_data, pipeline_config, tmp_path):
     for args, fragment in [
         (("pipeline", "run", "weekly", "--date", "2024-03-01"), "unknown stage 'weekly'"),
         (("pipeline", "run", "cpm", "--date", "2024-03-32"), "--date: expected YYYY-MM-DD"),
-        (("pipeline", "run", "actr", "--date", "2024-03-01"), "no CPM version at or before 2024-03-01"),
+        (("pipeline", "run", "actr", "--only", "--date", "2024-03-01"), "no CPM version at or before 2024-03-01"),
         (("pipeline", "show", "actr-nope"), "no version 'actr-nope'"),
     ]:
         proc = _mdctr(*args, "--config", str(config), cwd=tmp_path)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], (args, proc.stderr)
+    # without --only, the inputs that have no usable version run first (the TPM exists)
+    actr = _mdctr("pipeline", "run", "actr", "--date", "2024-03-02", "--config", str(config), cwd=tmp_path)
+    assert actr.returncode == 0, actr.stderr
+    made = [line.split()[:2] for line in actr.stdout.splitlines() if line.startswith(("created", "exists"))]
+    assert [(status, v.rsplit("-", 1)[0]) for status, v in made] == [("created", "cpm-2024-03-02"),
+                                                                     ("created", "actr-2024-03-02")]
+    assert json.loads(actr.stdout[actr.stdout.index("{"):])["inputs"]["cpm"] == made[0][1]
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("window_days: 2", "window_days: 0"))
     proc = _mdctr("pipeline", "run", "actr", "--date", "2024-03-01", "--config", str(bad), cwd=tmp_path)

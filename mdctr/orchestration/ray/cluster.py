@@ -272,7 +272,11 @@ def up(num_cpus: int | None = None, dashboard_port: int | None = None, host: str
         cmd.append(f"--num-cpus={num_cpus}")
     if not loopback and host != "0.0.0.0":
         cmd.append(f"--node-ip-address={host}")
-    env = {**os.environ, **client_env(info),
+    # jobs inherit the head's PATH: this environment's scripts (mdctr, ray) come first, so a
+    # `ray job submit ... -- mdctr ...` entrypoint runs this installation
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join([bin_dir, *(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != bin_dir)])
+    env = {**os.environ, **client_env(info), "PATH": path,
            # fixed by default (44217, 44227): a second cluster on the machine would collide
            "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics), "DASHBOARD_METRIC_PORT": str(dashboard_metrics)}
     if loopback:

@@ -1,10 +1,12 @@
 """``mdctr submit``: run an mdctr command as a Ray job (``JobSubmissionClient``), DESIGN.md §7.
 
 The submission id is deterministic, ``mdctr-<sha256(argv, sha256 of the --config file,
---date)[:16]>``, so submitting the same command again is recognised: a pending, running or
-finished job is reported (``already submitted: <id> (<status>)``) instead of duplicated; a
-FAILED or STOPPED one is deleted and submitted again. The entrypoint is this environment's
-``mdctr`` script, so the job runs in the cluster's own environment (the same machine).
+--date, working directory)[:16]>``, so submitting the same command again is recognised: a
+pending, running or finished job is reported (``already submitted: <id> (<status>)``)
+instead of duplicated; a FAILED or STOPPED one is deleted and submitted again. The
+entrypoint is this environment's ``mdctr`` script. On the local cluster (the same machine)
+the job runs in the submitter's working directory, so relative paths mean what they mean
+here; on another cluster, paths must be ones its nodes see.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def _option(argv: list[str], name: str) -> str | None:
     return value
 
 
-def submission_id(argv: list[str]) -> str:
-    """``mdctr-`` + the first 16 hex digits of sha256 over (argv, sha256 of --config, --date)."""
+def submission_id(argv: list[str], cwd: str | Path | None = None) -> str:
+    """``mdctr-`` + the first 16 hex digits of sha256 over (argv, sha256 of --config, --date,
+    and ``cwd``, the job's working directory when it has one of ours)."""
     config = _option(argv, "--config")
     config_hash = None
     if config is not None:
@@ -53,15 +56,20 @@ def submission_id(argv: list[str]) -> str:
         if not path.is_file():
             raise ConfigError("--config file not found", file=path)
         config_hash = hashlib.sha256(path.read_bytes()).hexdigest()
-    key = json.dumps([list(argv), config_hash, _option(argv, "--date")])
+    parts = [list(argv), config_hash, _option(argv, "--date")]
+    if cwd is not None:
+        parts.append(str(cwd))
+    key = json.dumps(parts)
     return PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def entrypoint(argv: list[str]) -> str:
-    """The shell command of the job: this environment's ``mdctr`` with ``argv``."""
+def entrypoint(argv: list[str], cwd: str | Path | None = None) -> str:
+    """The shell command of the job: this environment's ``mdctr`` with ``argv`` (run in
+    ``cwd`` if given)."""
     script = Path(sys.executable).parent / "mdctr"
     head = [str(script)] if script.exists() else [sys.executable, "-m", "mdctr.cli"]
-    return shlex.join(head + list(argv))
+    command = shlex.join(head + list(argv))
+    return command if cwd is None else f"cd {shlex.quote(str(cwd))} && {command}"
 
 
 def _status(info) -> str:
@@ -134,8 +142,9 @@ def submit(argv: list[str], *, address: str | None = None, wait: bool = True,
         raise SubmitError("nothing to submit: give the mdctr arguments after '--'")
     if argv[0] in ("mdctr", "submit"):
         raise SubmitError(f"give the arguments of mdctr, without '{argv[0]}' (e.g. mdctr submit -- data validate DIR)")
-    sid = submission_id(argv)
     client, local = _client(address, log)
+    cwd = Path.cwd() if local is not None else None  # the local cluster shares this file system
+    sid = submission_id(argv, cwd)
     old = _job_info(client, sid)
     if old is not None:
         status = _status(old)
@@ -149,7 +158,7 @@ def submit(argv: list[str], *, address: str | None = None, wait: bool = True,
             if status in _RUNNING and wait:
                 return _wait(client, sid, write, log)
             return 0 if status in ("SUCCEEDED", *_RUNNING) else 1
-    client.submit_job(entrypoint=entrypoint(argv), submission_id=sid,
+    client.submit_job(entrypoint=entrypoint(argv, cwd), submission_id=sid,
                       metadata={"mdctr_argv": json.dumps(list(argv))})
     log(f"submitted: {sid}")
     if not wait:

@@ -118,8 +118,13 @@ class Pipeline:
     def due(self, day: date) -> list[str]:
         """The stages a schedule runs on ``day``, inputs first: every enabled stage whose due
         rule falls on ``day``, and every input of those that has no usable version yet."""
+        return self.with_inputs([s.name for s in schedule_order(self.cfg) if s.due(self.cfg).due(day)], day)
+
+    def with_inputs(self, stages: list[str], day: date) -> list[str]:
+        """``stages`` and, inputs first, every input of theirs (recursively) that has no
+        usable version for ``day``, in schedule order."""
         order = schedule_order(self.cfg)
-        wanted = {s.name for s in order if s.due(self.cfg).due(day)}
+        wanted = set(stages)
         for stage in reversed(order):  # consumers come after their inputs
             if stage.name in wanted:
                 wanted.update(dep for dep in stage.inputs(self.cfg) if not self.available(dep, day))
