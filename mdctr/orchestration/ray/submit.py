@@ -106,31 +106,54 @@ def _job_info(client, sid: str):
         raise
 
 
-async def _tail(client, sid: str, write: Callable[[str], None]) -> str:
-    last = ""
-    async for chunk in client.tail_job_logs(sid):
-        write(chunk)
-        lines = [ln for ln in chunk.splitlines() if ln.strip()]
-        if lines:
-            last = lines[-1]
-    return last
+#: how often the job's status is polled while its logs stream, seconds
+POLL_S = 0.2
+
+
+async def _follow(client, sid: str, write: Callable[[str], None]) -> tuple[object, str]:
+    """Stream the job's logs through ``write`` until it ends; ``(info, logs written)``.
+
+    Ray's log stream closes only seconds after the job ends, so the status is polled
+    meanwhile: once the job is over, the stream is cancelled and whatever it had not yet
+    delivered is taken from the complete log."""
+    written: list[str] = []
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(sid):
+            written.append(chunk)
+            write(chunk)
+
+    task = asyncio.ensure_future(tail())
+    try:
+        while True:
+            info = await asyncio.to_thread(client.get_job_info, sid)
+            if _status(info) not in _RUNNING:
+                break
+            await asyncio.sleep(POLL_S)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=POLL_S)
+        except asyncio.TimeoutError:
+            pass
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    streamed = "".join(written)
+    full = await asyncio.to_thread(client.get_job_logs, sid)
+    if full.startswith(streamed) and len(full) > len(streamed):
+        write(full[len(streamed):])
+        streamed = full
+    return info, streamed
 
 
 def _wait(client, sid: str, write: Callable[[str], None], log: Callable[[str], None]) -> int:
-    last = asyncio.run(_tail(client, sid, write))
-    while True:  # the log stream ends when the job does; its status may lag a moment
-        info = client.get_job_info(sid)
-        status = _status(info)
-        if status not in _RUNNING:
-            break
-        time.sleep(0.5)
+    info, logs = asyncio.run(_follow(client, sid, write))
+    status = _status(info)
+    lines = [ln for ln in logs.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
     if status == "SUCCEEDED":
         log(f"job {sid} SUCCEEDED")
         return 0
-    if not last:
-        logs = [ln for ln in client.get_job_logs(sid).splitlines() if ln.strip()]
-        last = logs[-1] if logs else (info.message or "")
-    log(f"job {sid} {status}: {last}")
+    log(f"job {sid} {status}: {last or info.message or ''}")
     return 1
 
 
