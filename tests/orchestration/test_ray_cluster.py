@@ -242,8 +242,10 @@ def test_a_failing_job_exits_non_zero_and_shows_its_error(head):
     sid = submit.submission_id(["data", "validate", "/nonexistent"], os.getcwd())
     again = _run(env, "submit", "--", "data", "validate", "/nonexistent")  # a failed job may be retried
     assert again.returncode == 1, again.stdout + again.stderr
-    assert f"previous job {sid} FAILED: deleted it, submitting again" in again.stderr
-    assert again.stdout.count("not a dataset directory") == 1, again.stdout  # only the new run's log
+    assert f"previous job {sid} FAILED: submitting again as {sid}-2" in again.stderr
+    assert again.stdout.count("not a dataset directory") == 1, again.stdout  # only the new attempt's log
+    listed = _run(env, "submit", "--list").stdout.split()
+    assert sid in listed and f"{sid}-2" in listed  # the failed attempt stays, its log readable
 
 
 @slow

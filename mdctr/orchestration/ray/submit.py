@@ -3,7 +3,8 @@
 The submission id is deterministic, ``mdctr-<sha256(argv, sha256 of the --config file,
 --date, working directory)[:16]>``, so submitting the same command again is recognised: a
 pending, running or finished job is reported (``already submitted: <id> (<status>)``)
-instead of duplicated; a FAILED or STOPPED one is deleted and submitted again. The
+instead of duplicated; after a FAILED or STOPPED one, the command is submitted again as the
+next attempt (``<id>-2``, ``<id>-3``, ...; :func:`attempt_id`). The
 entrypoint is this environment's ``mdctr`` script. On the local cluster (the same machine)
 the job runs in the submitter's working directory, so relative paths mean what they mean
 here; on another cluster, paths must be ones its nodes see.
@@ -108,6 +109,8 @@ def _job_info(client, sid: str):
 
 #: how often the job's status is polled while its logs stream, seconds
 POLL_S = 0.2
+#: how long an ended job's log may take to appear, seconds
+LOG_GRACE_S = 5.0
 
 
 async def _follow(client, sid: str, write: Callable[[str], None]) -> tuple[object, str]:
@@ -130,15 +133,18 @@ async def _follow(client, sid: str, write: Callable[[str], None]) -> tuple[objec
             if _status(info) not in _RUNNING:
                 break
             await asyncio.sleep(POLL_S)
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=POLL_S)
-        except asyncio.TimeoutError:
-            pass
+        # the complete log, once the job server has it (it may lag the status a moment)
+        deadline = time.monotonic() + LOG_GRACE_S
+        full = ""
+        while not task.done() and time.monotonic() < deadline:
+            full = await asyncio.to_thread(client.get_job_logs, sid)
+            if full:
+                break
+            await asyncio.sleep(POLL_S)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     streamed = "".join(written)
-    full = await asyncio.to_thread(client.get_job_logs, sid)
     if full.startswith(streamed) and len(full) > len(streamed):
         write(full[len(streamed):])
         streamed = full
@@ -157,6 +163,20 @@ def _wait(client, sid: str, write: Callable[[str], None], log: Callable[[str], N
     return 1
 
 
+def attempt_id(sid: str, attempt: int) -> str:
+    """The submission id of ``attempt`` (1, 2, ...) of the job ``sid``: ``sid`` itself, then
+    ``sid-2``, ``sid-3``, ... (a failed job is never deleted: its log stays readable)."""
+    return sid if attempt == 1 else f"{sid}-{attempt}"
+
+
+def _latest_attempt(client, sid: str):
+    """``((id, info) of the latest submitted attempt of sid or None, the next attempt number)``."""
+    latest, attempt = None, 1
+    while (info := _job_info(client, attempt_id(sid, attempt))) is not None:
+        latest, attempt = (attempt_id(sid, attempt), info), attempt + 1
+    return latest, attempt
+
+
 def submit(argv: list[str], *, address: str | None = None, wait: bool = True,
            write: Callable[[str], None] = print, log: Callable[[str], None] = print) -> int:
     """Submit ``mdctr <argv>`` as a job; with ``wait``, stream its logs through ``write`` and
@@ -168,19 +188,17 @@ def submit(argv: list[str], *, address: str | None = None, wait: bool = True,
     client, local = _client(address, log)
     cwd = Path.cwd() if local is not None else None  # the local cluster shares this file system
     sid = submission_id(argv, cwd)
-    old = _job_info(client, sid)
-    if old is not None:
+    latest, attempt = _latest_attempt(client, sid)
+    if latest is not None:
+        old_id, old = latest
         status = _status(old)
-        if status in _RETRYABLE:
-            client.delete_job(sid)
-            if local is not None:  # the job server appends to the old driver log of the same id
-                (Path(local.temp_dir) / "session_latest" / "logs" / f"job-driver-{sid}.log").unlink(missing_ok=True)
-            log(f"previous job {sid} {status}: deleted it, submitting again")
-        else:
-            log(f"already submitted: {sid} ({status})")
+        if status not in _RETRYABLE:
+            log(f"already submitted: {old_id} ({status})")
             if status in _RUNNING and wait:
-                return _wait(client, sid, write, log)
+                return _wait(client, old_id, write, log)
             return 0 if status in ("SUCCEEDED", *_RUNNING) else 1
+        sid = attempt_id(sid, attempt)
+        log(f"previous job {old_id} {status}: submitting again as {sid}")
     client.submit_job(entrypoint=entrypoint(argv, cwd), submission_id=sid,
                       metadata={"mdctr_argv": json.dumps(list(argv))})
     log(f"submitted: {sid}")
