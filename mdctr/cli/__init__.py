@@ -1,7 +1,7 @@
 """``mdctr``: the command line. Thin: parses arguments and calls into the packages.
 
 One module per sub-app (:mod:`.data`, :mod:`.train`, :mod:`.adapters`, :mod:`.labels`,
-:mod:`.pipeline`, :mod:`.cluster`, :mod:`.submit`); library modules are imported inside the
+:mod:`.pipeline`, :mod:`.cadence`, :mod:`.cluster`, :mod:`.submit`); library modules are imported inside the
 commands so ``mdctr --help`` stays fast.
 
 Exit status (:func:`main`):
@@ -20,7 +20,7 @@ import os
 
 import typer
 
-from mdctr.cli import adapters, cluster, data, labels, pipeline, submit, train
+from mdctr.cli import adapters, cadence, cluster, data, labels, pipeline, submit, train
 from mdctr.core.errors import InputError
 
 try:  # typer >= 0.2x bundles its own click; its exceptions are not the `click` package's
@@ -37,6 +37,7 @@ train.register(app)
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(labels.app, name="labels")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(cadence.app, name="cadence")
 app.add_typer(cluster.app, name="cluster")
 submit.register(app)
 

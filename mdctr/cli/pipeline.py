@@ -13,14 +13,16 @@ app = typer.Typer(no_args_is_help=True,
                   help="E-CDCTR tri-level transfer: run a stage for a date, replay the calendar, lineage.")
 
 
-def _config(config: Path, workers: int | None = None):
+def _config(config: Path, workers: int | None = None, state_url: str | None = None):
     """The pipeline config (``--workers`` overrides ``resources.workers``; with more than one
-    worker, the stages' world size is the number of workers); its ``store`` may not exist
-    yet but must not be a file."""
+    worker, the stages' world size is the number of workers; ``--state-url`` overrides
+    ``lineage_url``); its ``store`` may not exist yet but must not be a file."""
     from mdctr.core.errors import ConfigError
     from mdctr.orchestration.config import load_pipeline_config
 
     cfg = load_pipeline_config(config)
+    if state_url is not None:
+        cfg = cfg.model_copy(update={"lineage_url": state_url})
     if workers is not None:
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -57,6 +59,7 @@ def pipeline_run(
                                           help="Ray Train workers for tpm/cpm/actr (resources.workers)."),
     only: bool = typer.Option(False, "--only",
                               help="Fail if an input stage has no usable version, rather than run it first."),
+    state_url: Optional[str] = typer.Option(None, "--state-url", help="Lineage database URL (replaces lineage_url)."),
 ) -> None:
     """Run one stage for one date, after the inputs it needs that have no usable version yet
     (run for the same date). Idempotent: an existing version is reported, not re-run."""
@@ -67,7 +70,7 @@ def pipeline_run(
     from mdctr.orchestration.stages import Pipeline
 
     stage, when = _stage(stage), parse_date(day)  # arguments first: a bad one creates no store
-    cfg = _config(config, workers)
+    cfg = _config(config, workers, state_url)
     with resources_launcher(cfg.resources) as launcher:
         pipe = Pipeline(cfg, launcher)
         for name in ([] if only else pipe.with_inputs([stage], when)[:-1]):

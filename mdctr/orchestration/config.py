@@ -17,6 +17,7 @@ with the same settings finds the same version.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +115,43 @@ class FinetuneStageConfig(StrictModel):
     schedule: ScheduleConfig = ScheduleConfig(every="day")
 
 
+class GateConfig(StrictModel):
+    """The promotion gate of new A-CTR versions (:mod:`mdctr.orchestration.cadence.gate`).
+
+    A candidate and the serving version are scored on the same rows: the ad rows of the
+    ``days`` days before the earlier of their training windows (rows neither trained on).
+    The candidate is promoted unless its AUC is lower than the serving version's by more than
+    ``max_auc_drop`` or its log loss higher by more than ``max_logloss_rise``; with fewer than
+    ``min_rows`` rows (or one class) nothing can be compared and it is gated."""
+
+    enabled: bool = True
+    days: int = Field(default=7, ge=1)
+    min_rows: int = Field(default=20, ge=2)
+    max_auc_drop: float = Field(default=0.005, ge=0)
+    max_logloss_rise: float = Field(default=0.01, ge=0)
+
+
+class CadenceConfig(StrictModel):
+    """The scheduled cadence (``mdctr cadence tick``): from ``start`` on, every run the due
+    rules name is submitted once, retried on failure, and A-CTR versions pass the gate."""
+
+    #: the first day the cadence is responsible for (a first tick never runs anything before it)
+    start: date
+    #: a tick that would catch up more days than this needs ``--backfill``
+    max_catchup_days: int = Field(default=14, ge=1)
+    #: attempts of a run before it is marked failed
+    max_attempts: int = Field(default=3, ge=1)
+    #: wait before the second attempt (doubled for every further one), seconds
+    retry_backoff_s: float = Field(default=60.0, ge=0)
+    #: runs in flight at once
+    max_parallel: int = Field(default=1, ge=1)
+    #: seconds between polls of running jobs
+    poll_s: float = Field(default=2.0, gt=0)
+    #: a tick lock without a heartbeat for this long is taken over (its holder is gone)
+    lock_lease_s: float = Field(default=900.0, gt=0)
+    gate: GateConfig = GateConfig()
+
+
 class PipelineConfig(StrictModel):
     data: str
     #: where versions, snapshots and lineage live
@@ -134,6 +172,8 @@ class PipelineConfig(StrictModel):
     world_size: int = Field(default=1, ge=1)
     #: where the training stages' ranks run (``workers`` > 1: Ray Train; not in any hash)
     resources: ResourcesConfig = ResourcesConfig()
+    #: the scheduled cadence (``mdctr cadence``; not in any hash)
+    cadence: CadenceConfig | None = None
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

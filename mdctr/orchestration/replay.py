@@ -1,11 +1,12 @@
-"""Replay the cadence over historical data: the same stage code and due rules as the live
-schedule, in calendar order.
+"""Replay the cadence over historical data: the live cadence's own tick on a simulated clock.
 
-For every day D from ``start`` to ``end`` (inclusive), the stages due on D by the stage
-registry's rules (:meth:`Pipeline.due`), inputs first: with the default config, TPM on the
-first of a month, CPM on ``cpm.weekday``, A-CTR every day (an input with no version yet,
-e.g. on the first replayed day, runs too). Every A-CTR is evaluated on the next day: AUC and
-log loss on the ad rows of D.
+For every day D from ``start`` to ``end`` (inclusive), one :meth:`Cadence.tick
+<mdctr.orchestration.cadence.tick.Cadence.tick>` at D 06:00 UTC runs, in this process, what
+the live schedule would run that morning: with the default config, TPM on the first of a
+month, CPM on ``cpm.weekday``, A-CTR every day (inputs with no version yet run on the first
+day), retries and the promotion gate included; the cadence state is recorded in the
+lineage database as a live tick's is. Every A-CTR is evaluated on the next day: AUC and log
+loss on the ad rows of D.
 
 Stages whose version exists are not re-run (idempotent), so a replay can be resumed or
 extended, and replays of config variants share the stages they have in common.
@@ -17,7 +18,7 @@ import csv
 import logging
 import time
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time as clock, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ from mdctr.orchestration.stages import Pipeline
 from mdctr.platform.metrics import compute_metrics
 
 log = logging.getLogger("mdctr.pipeline")
+
+#: the simulated time of day of every replayed tick (after the previous day's data landed)
+REPLAY_HOUR = clock(6, 0)
 
 COLUMNS = ["date", "actr_version", "cpm_version", "tpm_months", "train_rows", "next_day_rows", "next_day_auc",
            "next_day_logloss"]
@@ -58,15 +62,28 @@ def calendar_days(start: date, end: date) -> list[date]:
 
 def replay(pipeline: Pipeline, start: date, end: date, *, out: str | Path | None = None,
            progress: bool = True) -> ReplayResult:
-    """Run the calendar from ``start`` to ``end`` and write the per-day table (CSV) to ``out``
-    (default ``STORE/replay-START-END-HASH.csv``) plus a JSON summary next to it."""
+    """Tick the cadence every day from ``start`` to ``end`` (the config's ``cadence:``
+    settings, started at ``start``) and write the per-day table (CSV) to ``out`` (default
+    ``STORE/replay-START-END-HASH.csv``) plus a JSON summary next to it."""
+    from mdctr.orchestration.cadence.executors import LocalExecutor
+    from mdctr.orchestration.cadence.state import CadenceState
+    from mdctr.orchestration.cadence.tick import Cadence
+    from mdctr.orchestration.config import CadenceConfig
+
+    settings = pipeline.cfg.cadence
+    settings = CadenceConfig(start=start) if settings is None else settings.model_copy(update={"start": start})
+    cadence = Cadence(pipeline, CadenceState(pipeline.lineage), LocalExecutor(pipeline), cadence=settings,
+                      say=log.info)
     t0 = time.perf_counter()
     rows: list[dict] = []
     preds: list[tuple[np.ndarray, np.ndarray]] = []
     bar = tqdm(calendar_days(start, end), desc="replay", unit="day", disable=None if progress else True)
     for day in bar:
-        ran = {name: pipeline.run(name, day, evaluate_next_day=True, verbose=False)[0] for name in pipeline.due(day)}
-        rec = ran["actr"]
+        ticked = cadence.tick(datetime.combine(day, REPLAY_HOUR, tzinfo=timezone.utc), backfill=True)
+        rec = pipeline.lineage.get(pipeline.version_id("actr", day))
+        if rec is None:
+            raise ConfigError(f"the A-CTR of {day} did not run: {', '.join(ticked.failed + ticked.blocked)} "
+                              f"(see `mdctr cadence status`)")
         nd = rec.metrics.get("next_day") or {}
         rows.append({"date": day.isoformat(), "actr_version": rec.version_id, "cpm_version": rec.inputs.get("cpm"),
                      "tpm_months": " ".join(rec.inputs.get("tpm_months", [])), "train_rows": rec.rows,

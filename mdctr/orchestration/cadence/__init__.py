@@ -1,0 +1,1 @@
+"""The scheduled retraining cadence: state, tick, promotion gate, schedules."""

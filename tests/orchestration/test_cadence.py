@@ -1,0 +1,309 @@
+"""The cadence tick on a simulated clock (runs in this process): what is due, in which order,
+idempotence, catch-up, the lock, retries, blocked inputs, the promotion gate, and the CLI
+(a killed tick, two concurrent ticks, status, promote/rollback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import create_engine, text
+
+from mdctr.core.config import dump_model
+from mdctr.core.errors import ConfigError
+from mdctr.core.timeutil import day_ts
+from mdctr.domains.spec import load_spec, save_spec
+from mdctr.domains.validate import data_fingerprint
+from mdctr.orchestration.cadence.executors import LocalExecutor
+from mdctr.orchestration.cadence.state import CadenceState
+from mdctr.orchestration.cadence.tick import Cadence
+from mdctr.orchestration.stages import Pipeline
+
+MDCTR = str(Path(sys.executable).parent / "mdctr")
+START = date(2024, 3, 1)  # a Friday; CPMs run on Mondays (2024-03-04)
+
+
+def at(day: str, hour: int = 6) -> datetime:
+    return datetime.fromisoformat(f"{day}T{hour:02d}:00").replace(tzinfo=timezone.utc)
+
+
+def _cfg(pipeline_config, data: Path, store: Path, **cadence):
+    cfg = pipeline_config(data, store)
+    return cfg.model_copy(update={"cadence": cfg.model_validate(
+        {"data": "x", "store": "x", "cadence": {"start": START.isoformat(), "retry_backoff_s": 0, "poll_s": 0.01,
+                                                **cadence}}).cadence})
+
+
+@dataclass
+class Failing(LocalExecutor):
+    """A local executor on which the runs named in ``fail`` always fail."""
+
+    pipeline: Pipeline = None
+    fail: set = field(default_factory=set)
+
+    def __post_init__(self):
+        LocalExecutor.__init__(self, self.pipeline)
+
+    def start(self, run, attempt):
+        if any(run.run_id.startswith(prefix) for prefix in self.fail):
+            self.results[self.job_id(run, attempt)] = ("failed", "planted failure")
+            return
+        super().start(run, attempt)
+
+
+def _cadence(cfg, executor=None, lines=None):
+    pipe = Pipeline(cfg)
+    say = (lines.append if lines is not None else (lambda _: None))
+    return pipe, Cadence(pipe, CadenceState(pipe.lineage), executor or LocalExecutor(pipe), say=say)
+
+
+def _stem(run_id: str) -> str:
+    return run_id.rsplit("-", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def first(ads_data, pipeline_config, tmp_path_factory):
+    """The first tick of a fresh cadence, at START 06:00: (config, result)."""
+    cfg = _cfg(pipeline_config, ads_data, tmp_path_factory.mktemp("cadence") / "store")
+    _, cadence = _cadence(cfg)
+    return cfg, cadence.tick(at("2024-03-01"))
+
+
+def test_first_tick_runs_what_is_due_inputs_first(first):
+    cfg, result = first
+    # TPM is due on the 1st; the CPM (due Mondays) has no version yet, so it runs first too
+    assert [_stem(r) for r in result.started] == ["tpm-2024-03-01", "cpm-2024-03-01", "actr-2024-03-01"]
+    assert result.succeeded == result.started and not result.failed and not result.open
+    pipe, cadence = _cadence(cfg)
+    assert cadence.state.serving() == result.started[-1] and result.promoted == [result.started[-1]]
+    assert cadence.state.history()[-1]["reason"] == "first serving version"
+
+
+def test_repeated_ticks_start_nothing(first):
+    cfg, _ = first
+    pipe, cadence = _cadence(cfg)
+    versions = len(pipe.lineage.list())
+    for _ in range(100):
+        again = cadence.tick(at("2024-03-01", 23))
+        assert again.planned == [] and again.started == []
+    assert len(pipe.lineage.list()) == versions
+    assert all(r.attempts == 1 and r.status == "succeeded" for r in cadence.state.runs())
+
+
+def test_catch_up_after_downtime_runs_exactly_the_missing_runs_oldest_first(first, tmp_path):
+    cfg, _ = first
+    store = tmp_path / "store"
+    shutil.copytree(cfg.store, store)  # a copied store works on its own files
+    cfg = cfg.model_copy(update={"store": str(store)})
+    pipe, cadence = _cadence(cfg)
+    result = cadence.tick(at("2024-03-06"))  # 5 days later
+    assert [_stem(r) for r in result.started] == ["actr-2024-03-02", "actr-2024-03-03", "cpm-2024-03-04",
+                                                  "actr-2024-03-04", "actr-2024-03-05", "actr-2024-03-06"]
+    assert result.succeeded == result.started
+    actrs = [r for r in result.started if r.startswith("actr")]
+    assert sorted(result.promoted + result.gated) == actrs  # every new A-CTR met the gate
+    decisions = cadence.state.history()
+    assert [d["version_id"] for d in decisions][-5:] == actrs
+    assert all(d["metrics"]["window"] for d in decisions[-5:])  # scored on held-out days
+    assert cadence.state.serving() in actrs
+    # A-CTR 03-04 onwards start from the CPM of 03-04
+    assert pipe.lineage.get(actrs[2]).inputs["cpm"] == result.started[2]
+
+
+def test_a_long_catch_up_needs_backfill(ads_data, pipeline_config, tmp_path):
+    cfg = _cfg(pipeline_config, ads_data, tmp_path / "store", max_catchup_days=3)
+    pipe, cadence = _cadence(cfg)
+    with pytest.raises(ConfigError, match="--backfill"):
+        cadence.tick(at("2024-03-08"))
+    assert cadence.state.runs() == [] and cadence.state.lock() is None
+    before = cadence.tick(at("2024-02-20"))  # before cadence.start: nothing is owed
+    assert before.planned == [] and before.started == []
+
+
+def test_the_lock_keeps_a_second_tick_out_and_a_dead_holders_lock_is_taken_over(ads_data, pipeline_config, tmp_path):
+    cfg = _cfg(pipeline_config, ads_data, tmp_path / "store")
+    pipe, cadence = _cadence(cfg)
+    other = CadenceState(Pipeline(cfg).lineage)
+    holder, _ = other.acquire(lease_s=900)
+    assert holder is not None
+    lines = []
+    _, blocked = _cadence(cfg, lines=lines)
+    result = blocked.tick(at("2024-02-28"))
+    assert result.locked_by is not None and result.locked_by.holder == holder and "another tick" in lines[0]
+    other.release(holder)
+    # a holder that died (a SIGKILLed tick) does not keep the lock
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with other.engine.begin() as con:
+        con.execute(text("INSERT INTO cadence_lock VALUES ('tick', 'gone', :h, :p, 0, :t)"),
+                    {"h": os.uname().nodename, "p": dead.pid, "t": time.time()})
+    assert cadence.tick(at("2024-02-28")).locked_by is None
+    assert cadence.state.lock() is None
+
+
+def test_failures_are_retried_then_reported_and_do_not_stop_unrelated_runs(first, tmp_path):
+    cfg, _ = first
+    store = tmp_path / "store"
+    shutil.copytree(cfg.store, store)
+    cfg = cfg.model_copy(update={"store": str(store)})
+    pipe = Pipeline(cfg)
+    executor = Failing(pipe, fail={"actr-2024-03-02", "cpm-2024-03-04"})
+    lines = []
+    _, cadence = _cadence(cfg, executor, lines)
+    result = cadence.tick(at("2024-03-05"))
+    runs = {_stem(r.run_id): r for r in cadence.state.runs()}
+    assert runs["actr-2024-03-02"].status == "failed" and runs["actr-2024-03-02"].attempts == 3
+    assert runs["actr-2024-03-02"].error == "planted failure"
+    assert runs["actr-2024-03-03"].status == "succeeded"  # a later day still runs
+    assert runs["cpm-2024-03-04"].status == "failed"
+    for day in ("2024-03-04", "2024-03-05"):  # their CPM failed: not started
+        assert runs[f"actr-{day}"].status == "blocked" and runs[f"actr-{day}"].attempts == 0
+        assert "cpm-2024-03-04" in runs[f"actr-{day}"].error
+    assert sum(line.startswith("retry") for line in lines) == 4  # 2 retries of each failing run
+    assert [_stem(r) for r in result.failed] == ["actr-2024-03-02", "cpm-2024-03-04"]
+    assert cadence.state.serving() == runs["actr-2024-03-03"].run_id  # the failed ones never served
+
+
+def _poison_ads(src: Path, dst: Path, lo: date, hi: date) -> None:
+    """Copy the dataset with the ad rows' labels flipped in [lo, hi)."""
+    shutil.copytree(src, dst)
+    f = dst / "part-00000.parquet"
+    t = pq.read_table(f)
+    spec = load_spec(src)
+    ad = [d.name for d in spec.domains if d.role.value == "ad"]
+    hit = pc.and_(pc.and_(pc.greater_equal(t["ts"], day_ts(lo)), pc.less(t["ts"], day_ts(hi))),
+                  pc.is_in(t["domain"], pa.array(ad, t["domain"].type)))
+    cols = {n: t[n] for n in t.column_names}
+    cols["label"] = pc.if_else(hit, pc.subtract(1, t["label"]), t["label"]).cast(t["label"].type)
+    poisoned = pa.table(cols, schema=t.schema)
+    pq.write_table(poisoned, f, row_group_size=pq.ParquetFile(src / "part-00000.parquet").metadata.row_group(0).num_rows)
+    positives = poisoned.group_by("domain").aggregate([("label", "sum")]).to_pydict()
+    positives = dict(zip(positives["domain"], positives["label_sum"]))
+    domains = [d.model_copy(update={"positives": positives.get(d.name, 0)}) for d in spec.domains]
+    save_spec(spec.model_copy(update={"domains": domains, "fingerprint": data_fingerprint([f])}), dst)
+
+
+@pytest.mark.slow
+def test_a_planted_bad_actr_is_gated_and_the_serving_pointer_stays(ads_data, pipeline_config, tmp_path):
+    """The A-CTR of 03-04 trains on a window (03-03) whose ad rows have flipped labels: it
+    scores worse than the serving A-CTR of 03-03 on held-out days and does not serve."""
+    data = tmp_path / "poisoned"
+    _poison_ads(ads_data, data, date(2024, 3, 3), date(2024, 3, 4))
+    cfg = _cfg(pipeline_config, data, tmp_path / "store")
+    cfg = cfg.model_copy(update={"actr": cfg.actr.model_copy(update={"window_days": 1, "train": cfg.actr.train.model_copy(
+        update={"epochs": 6})})})
+    pipe, cadence = _cadence(cfg)
+    cadence.tick(at("2024-03-03"))
+    good = pipe.version_id("actr", date(2024, 3, 3))
+    assert cadence.state.get(good).status == "succeeded"
+    cadence.state.record_decision("actr", "manual", good, "the test's baseline", {})
+    result = cadence.tick(at("2024-03-04"))
+    bad = pipe.version_id("actr", date(2024, 3, 4))
+    assert result.started[-1] == bad and result.gated == [bad]  # after the CPM due on Monday
+    assert cadence.state.serving() == good
+    gate = cadence.state.get(bad).gate
+    print(f"\nplanted bad A-CTR: AUC {gate['candidate']['auc']} vs serving {gate['serving']['auc']} "
+          f"on {gate['candidate']['n']} rows {gate['window']}; {gate['reason']}")
+    limits = cfg.cadence.gate
+    assert gate["promoted"] is False
+    assert gate["auc_drop"] > limits.max_auc_drop or gate["logloss_rise"] > limits.max_logloss_rise
+    assert cadence.state.history()[-1]["action"] == "gate"
+
+
+# -- the command line -----------------------------------------------------------------------
+
+def _mdctr(*args, cwd: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([MDCTR, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+@pytest.fixture
+def cli_config(ads_data, pipeline_config, tmp_path) -> Path:
+    path = tmp_path / "cadence.yaml"
+    dump_model(_cfg(pipeline_config, ads_data, tmp_path / "store"), path)
+    return path
+
+
+def _runs(store: Path) -> list[dict]:
+    engine = create_engine(f"sqlite:///{store / 'lineage.sqlite'}")  # plain SQL, as users read it
+    with engine.connect() as con:
+        return [dict(r._mapping) for r in con.execute(text("SELECT run_id, status, attempts FROM cadence_runs"))]
+
+
+@pytest.mark.slow
+def test_two_concurrent_ticks_start_every_run_once(cli_config, tmp_path):
+    procs = [_mdctr("cadence", "tick", "--executor", "local", "--now", "2024-03-01T06:00", "--config",
+                    str(cli_config), cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    joined = "".join(o for o, _ in outs)
+    assert joined.count("another tick holds the lock") == 1  # the second one found the first running
+    runs = _runs(tmp_path / "store")
+    assert len(runs) == 3 and all(r["status"] == "succeeded" and r["attempts"] == 1 for r in runs), runs
+
+
+@pytest.mark.slow
+def test_a_killed_tick_is_finished_by_the_next_with_nothing_twice(cli_config, tmp_path):
+    proc = _mdctr("cadence", "tick", "--executor", "local", "--now", "2024-03-01T06:00", "--config",
+                  str(cli_config), cwd=tmp_path)
+    seen = ""
+    while "start    cpm-" not in seen:  # killed while the CPM (second run) trains
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        seen += line
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = tmp_path / "store"
+    assert {r["status"] for r in _runs(store)} >= {"submitted"}
+    again = _mdctr("cadence", "tick", "--executor", "local", "--now", "2024-03-01T06:00", "--config",
+                   str(cli_config), cwd=tmp_path)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, out + err
+    runs = {_stem(r["run_id"]): r for r in _runs(store)}
+    assert all(r["status"] == "succeeded" for r in runs.values()), runs
+    assert runs["tpm-2024-03-01"]["attempts"] == 1 and runs["cpm-2024-03-01"]["attempts"] == 2  # re-run once
+    versions = sorted(p.name for p in (store / "versions").iterdir())
+    assert [_stem(v) for v in versions] == ["actr-2024-03-01", "cpm-2024-03-01", "tpm-2024-03-01"]  # no leftovers
+
+
+@pytest.mark.slow
+def test_status_promote_and_rollback(cli_config, tmp_path):
+    for day in ("2024-03-01", "2024-03-02"):
+        p = _mdctr("cadence", "tick", "--executor", "local", "--now", f"{day}T06:00", "--config", str(cli_config),
+                   cwd=tmp_path)
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, out + err
+    p = _mdctr("cadence", "status", "--json", "--now", "2024-03-02T07:00", "--config", str(cli_config), cwd=tmp_path)
+    out, err = p.communicate(timeout=120)
+    report = json.loads(out)
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert stages["actr"]["last_success"].startswith("actr-2024-03-02") and stages["actr"]["next_due"] == "2024-03-03"
+    assert stages["cpm"]["next_due"] == "2024-03-04" and stages["tpm"]["next_due"] == "2024-04-01"
+    serving = report["serving"]["version"]  # the first A-CTR, or the second if it passed the gate
+    other = next(r["run_id"] for r in _runs(tmp_path / "store")
+                 if r["run_id"].startswith("actr") and r["run_id"] != serving)
+    p = _mdctr("cadence", "promote", other, "--config", str(cli_config), "--reason", "hotfix", cwd=tmp_path)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and out.strip() == f"serving {other}", out + err
+    p = _mdctr("cadence", "rollback", "--config", str(cli_config), cwd=tmp_path)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and out.strip() == f"serving {serving}", out + err
+    p = _mdctr("cadence", "promote", "cpm-nope", "--config", str(cli_config), cwd=tmp_path)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and len(err.strip().splitlines()) == 1 and "cpm-nope" in err
+    p = _mdctr("cadence", "status", "--config", str(cli_config), cwd=tmp_path)
+    out, _ = p.communicate(timeout=120)
+    assert "rollback" in out and "manual" in out and "serving:" in out
