@@ -76,6 +76,7 @@ def tick_cmd(
         return 0
     typer.echo(f"tick {when:%Y-%m-%dT%H:%M}Z: {len(result.planned)} due, {len(result.started)} started, "
                f"{len(result.succeeded)} succeeded, {len(result.failed)} failed, {len(result.blocked)} blocked, "
+               f"{len(result.skipped)} skipped (no rows), "
                f"{len(result.open)} open; serving {state.serving() or '-'}")
     return 1 if result.failed or result.blocked else 0
 

@@ -6,7 +6,8 @@ the live schedule would run that morning: with the default config, TPM on the fi
 month, CPM on ``cpm.weekday``, A-CTR every day (inputs with no version yet run on the first
 day), retries and the promotion gate included; the cadence state is recorded in the
 lineage database as a live tick's is. Every A-CTR is evaluated on the next day: AUC and log
-loss on the ad rows of D.
+loss on the ad rows of D. A day whose A-CTR was skipped (no ad rows in its window) is scored
+with the version serving then, as it would have served.
 
 Stages whose version exists are not re-run (idempotent), so a replay can be resumed or
 extended, and replays of config variants share the stages they have in common.
@@ -80,21 +81,26 @@ def replay(pipeline: Pipeline, start: date, end: date, *, out: str | Path | None
     bar = tqdm(calendar_days(start, end), desc="replay", unit="day", disable=None if progress else True)
     for day in bar:
         ticked = cadence.tick(datetime.combine(day, REPLAY_HOUR, tzinfo=timezone.utc), backfill=True)
-        rec = pipeline.lineage.get(pipeline.version_id("actr", day))
+        run_id = pipeline.version_id("actr", day)
+        rec = pipeline.lineage.get(run_id)
         if rec is None:
-            raise ConfigError(f"the A-CTR of {day} did not run: {', '.join(ticked.failed + ticked.blocked)} "
-                              f"(see `mdctr cadence status`)")
-        nd = rec.metrics.get("next_day") or {}
+            rec, nd, pred = _serving_on(pipeline, cadence, run_id, day, ticked)
+            train_rows = 0
+        else:
+            nd, train_rows = rec.metrics.get("next_day") or {}, rec.rows
+            if "next_day" not in rec.metrics:
+                log.warning("%s was created without a next-day evaluation (pipeline run without "
+                            "--evaluate-next-day): no AUC for %s", rec.version_id, day)
+            f = Path(rec.path) / "next_day.parquet"
+            pred = None
+            if f.exists():
+                t = pq.read_table(f)
+                pred = (t.column("logit").to_numpy(), t.column("label").to_numpy())
+        if pred is not None:
+            preds.append(pred)
         rows.append({"date": day.isoformat(), "actr_version": rec.version_id, "cpm_version": rec.inputs.get("cpm"),
-                     "tpm_months": " ".join(rec.inputs.get("tpm_months", [])), "train_rows": rec.rows,
+                     "tpm_months": " ".join(rec.inputs.get("tpm_months", [])), "train_rows": train_rows,
                      "next_day_rows": nd.get("n"), "next_day_auc": nd.get("auc"), "next_day_logloss": nd.get("logloss")})
-        if "next_day" not in rec.metrics:
-            log.warning("%s was created without a next-day evaluation (pipeline run without "
-                        "--evaluate-next-day): no AUC for %s", rec.version_id, day)
-        f = Path(rec.path) / "next_day.parquet"
-        if f.exists():
-            t = pq.read_table(f)
-            preds.append((t.column("logit").to_numpy(), t.column("label").to_numpy()))
         if nd.get("auc") is not None:
             bar.set_postfix(auc=f"{nd['auc']:.3f}")
     aucs = [r["next_day_auc"] for r in rows if r["next_day_auc"] is not None]
@@ -110,6 +116,24 @@ def replay(pipeline: Pipeline, start: date, end: date, *, out: str | Path | None
     write_table(rows, out)
     write_json(result.summary(), out.with_suffix(".json"))
     return result
+
+
+def _serving_on(pipeline: Pipeline, cadence, run_id: str, day: date, ticked):
+    """A day whose A-CTR was skipped (no ad rows in its window): the version serving then,
+    scored on the day as an A-CTR's next-day evaluation is. ``(version, metrics, (logits, labels))``."""
+    from mdctr.core.timeutil import DAY, day_ts
+    from mdctr.orchestration.cadence.gate import predict_window
+    from mdctr.orchestration.stages.training import next_day_metrics
+
+    run = cadence.state.get(run_id)
+    serving = cadence.state.serving()
+    if run is None or run.status != "skipped" or serving is None:
+        raise ConfigError(f"the A-CTR of {day} did not run: {', '.join(ticked.failed + ticked.blocked) or run_id} "
+                          f"(see `mdctr cadence status`)")
+    rec = pipeline.lineage.get(serving)
+    p = predict_window(pipeline, rec, (day_ts(day), day_ts(day) + DAY))
+    metrics = next_day_metrics(p.logits, p.labels, p.domain, pipeline.spec.domain_names, pipeline.cfg.actr.min_eval_rows)
+    return rec, metrics, (p.logits.numpy(), p.labels.numpy())
 
 
 def write_table(rows: list[dict], out: Path) -> None:

@@ -307,3 +307,28 @@ def test_status_promote_and_rollback(cli_config, tmp_path):
     p = _mdctr("cadence", "status", "--config", str(cli_config), cwd=tmp_path)
     out, _ = p.communicate(timeout=120)
     assert "rollback" in out and "manual" in out and "serving:" in out
+
+
+def test_a_day_without_rows_is_skipped_and_replay_scores_the_serving_version(first, tmp_path, monkeypatch):
+    """No ad rows in an A-CTR's window: the run is skipped (no version, not a failure), the
+    next day still runs, and the replay's row for that day is the serving version's score."""
+    from mdctr.orchestration.replay import replay
+
+    cfg, result = first
+    store = tmp_path / "store"
+    shutil.copytree(cfg.store, store)
+    pipe = Pipeline(cfg.model_copy(update={"store": str(store)}))
+    empty_day = date(2024, 3, 2)
+    real = pipe.empty_window
+    monkeypatch.setattr(pipe, "empty_window", lambda stage, day: (ConfigError("no rows") if (stage, day) == (
+        "actr", empty_day) else real(stage, day)))
+    out = replay(pipe, START, date(2024, 3, 3), out=tmp_path / "replay.csv", progress=False)
+    state = CadenceState(pipe.lineage)
+    assert state.get(pipe.version_id("actr", empty_day)).status == "skipped"
+    assert pipe.lineage.get(pipe.version_id("actr", empty_day)) is None
+    assert state.get(pipe.version_id("actr", date(2024, 3, 3))).status == "succeeded"
+    by_day = {r["date"]: r for r in out.rows}
+    first_actr = result.started[-1]
+    assert by_day["2024-03-02"]["actr_version"] == state.history()[0]["version_id"] == first_actr
+    assert by_day["2024-03-02"]["train_rows"] == 0 and by_day["2024-03-02"]["next_day_auc"] is not None
+    assert len(out.rows) == 3 and out.mean_auc is not None

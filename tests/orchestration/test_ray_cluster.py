@@ -269,3 +269,15 @@ def test_down_stops_every_process_of_the_cluster(head):
     assert not cluster.cluster_pids(info.temp_dir)
     assert "no cluster is running" in _run(env, "cluster", "status").stdout
     assert not Path(env["MDCTR_STATE"], "ray", "cluster.json").exists()
+
+
+def test_default_address_inside_and_outside_a_ray_job(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert submit.default_address() is None  # the local cluster
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.5:8265")
+    assert submit.default_address() == "http://10.0.0.5:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # a GCS address, outside a job: not a job server
+    assert submit.default_address() is None
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # a job driver (e.g. a RayCronJob's tick)
+    assert submit.default_address() == "http://10.0.0.5:8265"

@@ -52,7 +52,9 @@ def test_months_latest_replace_and_gc(tmp_path):
     store.write("1997-11", {"user": _snapshot(7)})  # replaces the month
     assert store.lookup("1997-11", "user", ids)[1].all()
     assert len(list((tmp_path / "data").iterdir())) == 4
-    assert store.gc(keep=2) == ["1997-10", "1997-11"]
+    assert store.gc(keep=2, protect={"1997-10"}) == ["1997-11"]  # a month still in use stays
+    assert store.months() == ["1997-10", "1997-12", "1998-01"]
+    assert store.gc(keep=2) == ["1997-10"]
     assert store.months() == ["1997-12", "1998-01"]
     assert len(list((tmp_path / "data").iterdir())) == 2
     with pytest.raises(ValueError, match="no version .1997-10."):

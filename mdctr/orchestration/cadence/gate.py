@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import date
 
+from mdctr.core.errors import InputError
 from mdctr.core.io import scratch_dir
 from mdctr.core.timeutil import DAY, day_ts, iso_day
 from mdctr.domains.selection import Selection
@@ -22,6 +23,7 @@ from mdctr.orchestration.config import GateConfig
 from mdctr.orchestration.lineage import VersionRecord
 from mdctr.orchestration.stages.training import next_day_metrics
 from mdctr.platform.launcher import resolve_launcher
+from mdctr.platform.trainer import Predictions
 from mdctr.platform.outputs import PredictionsOutput, read_predictions
 from mdctr.platform.run import prediction_job
 from mdctr.platform.rundir import RunDir
@@ -41,8 +43,8 @@ def gate_window(candidate: VersionRecord, serving: VersionRecord, days: int) -> 
     return hi - days * DAY, hi
 
 
-def score(pipeline, version: VersionRecord, window: tuple[int, int], min_rows: int) -> dict:
-    """AUC and log loss (``n``, ``auc``, ``logloss``) of ``version`` on the ad rows in ``window``."""
+def predict_window(pipeline, version: VersionRecord, window: tuple[int, int]) -> Predictions:
+    """``version``'s predictions of the ad rows in ``window`` (every split)."""
     run = RunDir(version.path)
     cfg = run.config
     selection = Selection(cfg.train.split_kind, cfg.train.split_seed, tuple(pipeline.ad), window)
@@ -51,9 +53,14 @@ def score(pipeline, version: VersionRecord, window: tuple[int, int], min_rows: i
         out = scratch / "predictions.parquet"
         job = prediction_job(run, pipeline.data_dir, None, PredictionsOutput(out, "eval"), selection=selection)
         resolve_launcher(None).launch(job)
-        p = read_predictions(out)
+        return read_predictions(out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def score(pipeline, version: VersionRecord, window: tuple[int, int], min_rows: int) -> dict:
+    """AUC and log loss (``n``, ``auc``, ``logloss``) of ``version`` on the ad rows in ``window``."""
+    p = predict_window(pipeline, version, window)
     return next_day_metrics(p.logits, p.labels, p.domain, pipeline.spec.domain_names, min_rows)
 
 
@@ -63,7 +70,11 @@ def decide(pipeline, candidate: VersionRecord, serving: VersionRecord | None, cf
         return Decision(True, "first serving version", {})
     window = gate_window(candidate, serving, cfg.days)
     new = score(pipeline, candidate, window, cfg.min_rows)
-    old = score(pipeline, serving, window, cfg.min_rows)
+    try:
+        old = score(pipeline, serving, window, cfg.min_rows)
+    except InputError as exc:  # e.g. its TPM snapshots were removed before the pointer protected them
+        return Decision(True, f"the serving version {serving.version_id} cannot be scored any more "
+                              f"({' '.join(str(exc).split())[:200]})", {"candidate": new})
     metrics = {"window": [iso_day(window[0]), iso_day(window[1])], "candidate": new, "serving": old}
     if new["auc"] is None or old["auc"] is None:
         return Decision(False, f"gated: {new['n']} held-out rows (need {cfg.min_rows} and both classes)", metrics)

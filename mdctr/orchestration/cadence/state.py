@@ -15,7 +15,8 @@ default, ``lineage_url``/``--state-url`` for any SQLAlchemy URL, e.g. PostgreSQL
 
 Run status: ``waiting`` (due, not started), ``submitted`` (a job is running), ``retry``
 (failed, another attempt after ``not_before``), ``succeeded``, ``failed`` (``max_attempts``
-used up), ``blocked`` (an input run failed). Every gate decision and every change of the
+used up), ``blocked`` (an input run failed), ``skipped`` (its training window has no rows:
+nothing to train, not a failure). Every gate decision and every change of the
 serving pointer appends a ``serving_history`` row with its reason.
 """
 
@@ -40,7 +41,7 @@ from mdctr.orchestration.lineage import Lineage
 SCHEMA_VERSION = 1
 COMPONENT = "cadence"
 
-STATUSES = ("waiting", "submitted", "retry", "succeeded", "failed", "blocked")
+STATUSES = ("waiting", "submitted", "retry", "succeeded", "failed", "blocked", "skipped")
 OPEN = ("waiting", "submitted", "retry")
 
 _META = MetaData()

@@ -36,6 +36,7 @@ def cadence_status(pipeline, state: CadenceState, today: date) -> dict:
             "open": sum(r.status in OPEN for r in runs),
             "failed": [r.run_id for r in runs if r.status == "failed"],
             "blocked": [r.run_id for r in runs if r.status == "blocked"],
+            "skipped": sum(r.status == "skipped" for r in runs),
             "latest": None if latest is None else {"run": latest.run_id, "status": latest.status,
                                                    "attempts": latest.attempts, "error": latest.error},
         })
@@ -58,7 +59,7 @@ def cadence_status(pipeline, state: CadenceState, today: date) -> dict:
 
 def format_status(report: dict) -> str:
     rows = [{"stage": s["stage"], "last success": s["last_success"] or "-", "next due": s["next_due"] or "-",
-             "open": s["open"], "failed": len(s["failed"]), "blocked": len(s["blocked"]),
+             "open": s["open"], "failed": len(s["failed"]), "blocked": len(s["blocked"]), "skipped": s["skipped"],
              "latest": "-" if s["latest"] is None else
              f"{s['latest']['status']} ({s['latest']['attempts']} attempt{'s' if s['latest']['attempts'] != 1 else ''})"}
             for s in report["stages"]]

@@ -13,7 +13,7 @@
    ``cadence.max_catchup_days`` days needs ``backfill``.
 3. **Run.** Oldest first and inputs first, at most ``max_parallel`` at a time: a run starts
    when the latest runs of its input stages (at or before its day) succeeded; it is
-   ``blocked`` if one of them failed. A failed attempt is retried after
+   ``blocked`` if one of them failed, and ``skipped`` if its training window has no rows. A failed attempt is retried after
    ``retry_backoff_s * 2**(attempt - 1)`` seconds, up to ``max_attempts``, then ``failed``;
    unrelated runs go on meanwhile.
 4. **Gate.** A succeeded A-CTR replaces the serving version only if it passes the promotion
@@ -55,6 +55,7 @@ class TickResult:
     retrying: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
     gated: list[str] = field(default_factory=list)
     open: list[str] = field(default_factory=list)
@@ -130,7 +131,8 @@ class Cadence:
         """``("ready" | "wait" | "blocked", why)`` for ``run`` given every recorded run."""
         for dep in get_stage(run.stage).inputs(self.pipeline.cfg):
             wanted = self.pipeline.stage_hash(dep)
-            before = [r for r in runs if r.stage == dep and r.config_hash == wanted and r.day <= run.day]
+            before = [r for r in runs if r.stage == dep and r.config_hash == wanted and r.day <= run.day
+                      and r.status != "skipped"]  # a skipped run made no version: an earlier one serves
             if before:
                 last = before[-1]
                 if last.status in ("failed", "blocked"):
@@ -184,6 +186,13 @@ class Cadence:
                     runs = self.state.runs()
                     continue
                 if ready == "wait":
+                    continue
+                empty = self.pipeline.empty_window(run.stage, run.day)
+                if empty is not None:  # nothing to train on that day: no version, not a failure
+                    self.state.update(run.run_id, status="skipped", error=str(empty))
+                    result.skipped.append(run.run_id)
+                    self.say(f"skipped  {run.run_id}: no rows in its training window")
+                    runs = self.state.runs()
                     continue
                 attempt = run.attempts + 1
                 # recorded first: a tick killed from here on leaves a job id the next one follows

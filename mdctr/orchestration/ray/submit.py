@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -77,9 +78,28 @@ def _status(info) -> str:
     return str(getattr(info.status, "value", info.status))
 
 
+#: Ray's default dashboard (job server) port
+DASHBOARD_PORT = 8265
+
+
+def default_address() -> str | None:
+    """The job server to use when none is given: ``RAY_ADDRESS`` if it is a URL; inside a Ray
+    job (e.g. a tick run by a KubeRay RayCronJob), the dashboard of the cluster it runs in,
+    on the head's address and Ray's default port; else None (the local cluster)."""
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env.startswith(("http://", "https://")):
+        return env
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and env and env != "auto":  # set for job drivers
+        host = env.rsplit(":", 1)[0] if ":" in env else env
+        return f"http://{host}:{DASHBOARD_PORT}"
+    return None
+
+
 def _client(address: str | None, log: Callable[[str], None]):
-    """``(client, local)``: a JobSubmissionClient for ``address``, else for the local cluster
-    (started if needed); ``local`` is the local cluster's record if the client talks to it."""
+    """``(client, local)``: a JobSubmissionClient for ``address`` (default:
+    :func:`default_address`), else for the local cluster (started if needed); ``local`` is
+    the local cluster's record if the client talks to it."""
+    address = address if address is not None else default_address()
     if address is None:
         info, started = cluster.up(log=log)
         if started:

@@ -108,6 +108,15 @@ class Pipeline:
         usable = usable[-self.cfg.tpm.keep:]
         return [m for m, _ in usable], [v for _, v in usable]
 
+    def months_in_use(self) -> set[str]:
+        """The TPM snapshot months the serving A-CTR version reads (the cadence's serving
+        pointer): snapshot gc keeps them while it serves."""
+        from mdctr.orchestration.cadence.state import CadenceState
+
+        serving = CadenceState(self.lineage).serving()
+        rec = self.lineage.get(serving) if serving is not None else None
+        return set(rec.inputs.get("tpm_months", [])) if rec is not None else set()
+
     def available(self, stage: str, day: date) -> bool:
         """Whether a usable version of ``stage`` exists for ``day``."""
         entry = get_stage(stage)
@@ -183,15 +192,20 @@ class Pipeline:
         keep = (ds.field("ts") >= window[0]) & (ds.field("ts") < window[1]) & ds.field("domain").isin(domains)
         return data.count_rows(filter=keep)
 
+    def empty_window(self, stage: str, day: date) -> ConfigError | None:
+        """The error of a training stage whose window for ``day`` has no rows, else None."""
+        entry = get_stage(stage)
+        if entry.window is None:
+            return None
+        window, domains = entry.window(self, day)
+        return self._empty(stage, day, window) if self.window_rows(window, domains) == 0 else None
+
     def _check_window(self, stage: str, day: date) -> None:
         """A training stage whose window has no rows fails before anything is written
         (the TPM would otherwise replace its month's snapshot with an empty one)."""
-        entry = get_stage(stage)
-        if entry.window is None:
-            return
-        window, domains = entry.window(self, day)
-        if self.window_rows(window, domains) == 0:
-            raise self._empty(stage, day, window)
+        error = self.empty_window(stage, day)
+        if error is not None:
+            raise error
 
     def _empty(self, stage: str, day: date, window: tuple[int, int] | None) -> ConfigError:
         span = "" if window is None else f" {iso_day(window[0])}..{iso_day(window[1])}"

@@ -192,7 +192,7 @@ register(Stage(
     enabled=lambda cfg: cfg.actr.use_tpm,
     run=_run_tpm,
     available=lambda pipe, day: bool(pipe.tpm_months(day)[0]),
-    after_commit=lambda pipe: pipe.embeddings.gc(keep=pipe.cfg.tpm.keep),
+    after_commit=lambda pipe: pipe.embeddings.gc(keep=pipe.cfg.tpm.keep, protect=pipe.months_in_use()),
     window=_window("tpm", "organic"),
     files=(RUN_FILE,),
 ))

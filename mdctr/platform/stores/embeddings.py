@@ -124,6 +124,6 @@ class EmbeddingStore:
         out[~found] = 0.0
         return out, found
 
-    def gc(self, keep: int) -> list[str]:
-        """Keep the newest ``keep`` months; returns the removed ones."""
-        return self.versions.gc(keep=keep)
+    def gc(self, keep: int, protect: set[str] = frozenset()) -> list[str]:
+        """Keep the newest ``keep`` months and those in ``protect``; returns the removed ones."""
+        return self.versions.gc(keep=keep, protect=protect)

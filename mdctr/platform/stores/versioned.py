@@ -257,16 +257,16 @@ class VersionedStore:
         for d in gone:
             shutil.rmtree(self.root / d, ignore_errors=True)
 
-    def gc(self, keep: int | None = None) -> list[str]:
-        """Keep the newest ``keep`` versions (by name order; None keeps all) and remove files
-        no committed version owns (crashed writers, replaced versions). Returns the removed
-        version names."""
+    def gc(self, keep: int | None = None, protect: set[str] = frozenset()) -> list[str]:
+        """Keep the newest ``keep`` versions (by name order; None keeps all) and those named in
+        ``protect`` (still in use), and remove files no committed version owns (crashed
+        writers, replaced versions). Returns the removed version names."""
         removed: list[str] = []
         if keep is not None:
             if keep < 0:
                 raise ConfigError(f"keep must be >= 0, got {keep}")
             names = sorted(self.names())
-            removed = names[: max(len(names) - keep, 0)]
+            removed = [n for n in names[: max(len(names) - keep, 0)] if n not in protect]
             if removed:
                 self.delete(removed)
         if not self.root.exists():
