@@ -359,6 +359,23 @@ MISMATCH = [
          setup=(("cp", "cadence.yaml", "c.yaml"), ("edit", "c.yaml", "store:", "ad_domains: [nope]\nstore:"))),
     case("pipeline-run-actr-only-without-cpm", "pipeline run actr --only --date 2024-01-20 --config {T}/c.yaml", "CPM",
          setup=(("cp", "pstore"), ("cp", "cadence.yaml", "c.yaml"), ("edit", "c.yaml", "{A}/pstore", "{T}/pstore"))),
+    # the cadence (the shared config has no cadence: section)
+    case("cadence-tick-bad-now", "cadence tick --now yesterday " + PIPE, "--now", "yesterday"),
+    case("cadence-tick-bad-executor", "cadence tick --executor k8s --now 2024-01-20 " + PIPE, "--executor", "k8s"),
+    case("cadence-tick-no-cadence-section", "cadence tick --executor local --now 2024-01-20 " + PIPE, "cadence",
+         "{A}/cadence.yaml"),
+    case("cadence-tick-start-not-a-date", "cadence tick --executor local --config {T}/c.yaml", "cadence.start",
+         setup=(("cp", "cadence.yaml", "c.yaml"), ("edit", "c.yaml", "store:", "cadence: {start: soon}\nstore:"))),
+    case("cadence-tick-zero-attempts", "cadence tick --executor local --config {T}/c.yaml", "max_attempts",
+         setup=(("cp", "cadence.yaml", "c.yaml"),
+                ("edit", "c.yaml", "store:", "cadence: {start: 2024-01-20, max_attempts: 0}\nstore:"))),
+    case("cadence-status-bad-now", "cadence status --now 2024-13-01 " + PIPE, "--now"),
+    case("cadence-promote-unknown-version", "cadence promote actr-nope " + PIPE, "actr-nope"),
+    case("cadence-rollback-nothing-serves", "cadence rollback " + PIPE, "nothing serves"),
+    case("cadence-replay-bad-date", "cadence replay --from 2024-01-20 --to 2024-02-30 " + PIPE, "--to"),
+    case("cadence-schedule-unknown-kind", "cadence schedule --print at " + PIPE, "--print", "at"),
+    case("cadence-schedule-bad-cron", "cadence schedule --print crontab --cron 61 " + PIPE, "cron"),
+    case("cadence-state-url-not-a-url", "cadence status --state-url nonsense " + PIPE, "lineage_url"),
 ]
 
 CASES = [*(("usage", c) for c in USAGE), *(("paths", c) for c in PATHS), *(("artifact", c) for c in MALFORMED),
@@ -464,7 +481,8 @@ def test_table_covers_every_subcommand():
            for _, c in CASES}
     want = {"data prepare", "data synth", "data validate", "train", "evaluate", "adapters finetune", "adapters list",
             "adapters merge", "adapters export", "labels write", "labels list", "labels show", "labels gc",
-            "pipeline run", "pipeline replay", "pipeline list", "pipeline show"}
+            "pipeline run", "pipeline replay", "pipeline list", "pipeline show", "cadence tick", "cadence status",
+            "cadence promote", "cadence rollback", "cadence replay", "cadence schedule"}
     assert want <= ids, want - ids
 
 

@@ -332,3 +332,80 @@ def test_a_day_without_rows_is_skipped_and_replay_scores_the_serving_version(fir
     assert by_day["2024-03-02"]["actr_version"] == state.history()[0]["version_id"] == first_actr
     assert by_day["2024-03-02"]["train_rows"] == 0 and by_day["2024-03-02"]["next_day_auc"] is not None
     assert len(out.rows) == 3 and out.mean_auc is not None
+
+
+@pytest.mark.slow
+def test_teacher_labels_are_due_when_the_teacher_has_a_newer_run(ads_data, pipeline_config, tmp_path):
+    """Labels run monthly, and also as soon as the teacher named in the config has a run that
+    has no labels yet (its run id is part of the labels' version hash)."""
+    from mdctr.platform.run import train
+    from tests.platform.conftest import _make_config
+
+    teacher = tmp_path / "teacher"
+    teacher_cfg = _make_config(ads_data, train={"epochs": 1, "split_kind": "temporal"})
+    train(teacher_cfg, teacher)
+    cfg = _cfg(pipeline_config, ads_data, tmp_path / "store", start="2024-03-02")
+    cfg = cfg.model_copy(update={"labels": cfg.model_validate(
+        {"data": "x", "store": "x", "labels": {"teacher": str(teacher), "window_days": 7,
+                                               "schedule": {"every": "month"}}}).labels})
+    pipe, cadence = _cadence(cfg)
+    first = cadence.tick(at("2024-03-02"))
+    assert [_stem(r) for r in first.started if r.startswith("labels")] == ["labels-2024-03-02"]  # a new teacher
+    assert not [r for r in cadence.tick(at("2024-03-03")).started if r.startswith("labels")]  # not due
+    shutil.rmtree(teacher)
+    train(teacher_cfg.model_copy(update={"train": teacher_cfg.train.model_copy(update={"seed": 1})}), teacher)
+    pipe, cadence = _cadence(cfg)  # the hash covers the teacher's run: read it again
+    third = cadence.tick(at("2024-03-04"))
+    labels = [r for r in third.started if r.startswith("labels")]
+    assert [_stem(r) for r in labels] == ["labels-2024-03-04"] and labels[0] != first.started[0]
+    assert cadence.state.get(labels[0]).status == "succeeded"
+
+
+def test_the_schema_is_versioned_and_migrated_by_the_code(tmp_path, monkeypatch):
+    from mdctr.core.errors import ArtifactError
+    from mdctr.orchestration.cadence import state as state_mod
+    from mdctr.orchestration.lineage import Lineage
+
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    fresh = CadenceState(Lineage(url))
+    assert fresh.runs() == [] and not (tmp_path / "state.sqlite").exists()  # reads create nothing
+    fresh.add("actr-2024-03-01-x", "actr", START, "x")
+    engine = create_engine(url)
+    with engine.begin() as con:
+        assert con.execute(text("SELECT version FROM mdctr_schema WHERE component = 'cadence'")).scalar() == 1
+        con.execute(text("UPDATE mdctr_schema SET version = 0"))
+    ran = []
+    monkeypatch.setitem(state_mod.MIGRATIONS, 0, lambda con: ran.append(con))
+    assert [r.run_id for r in CadenceState(Lineage(url)).runs()] == ["actr-2024-03-01-x"]
+    assert len(ran) == 1  # an older database is migrated when opened
+    with engine.begin() as con:
+        assert con.execute(text("SELECT version FROM mdctr_schema")).scalar() == state_mod.SCHEMA_VERSION
+        con.execute(text("UPDATE mdctr_schema SET version = 99"))
+    with pytest.raises(ArtifactError, match="schema version 99 is newer"):
+        CadenceState(Lineage(url)).runs()
+
+
+@pytest.mark.parametrize("kind", ["k8s-cronjob", "raycronjob"])
+def test_schedule_prints_a_manifest_that_runs_the_tick(kind, tmp_path):
+    import yaml
+
+    from mdctr.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("data: x\nstore: y\n")
+    out = subprocess.run([MDCTR, "cadence", "schedule", "--print", kind, "--config", "/data/c.yaml",
+                          "--address", "http://ray-head:8265"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = yaml.safe_load(out.stdout)
+    command = ["mdctr", "cadence", "tick", "--config", "/data/c.yaml"]
+    if kind == "k8s-cronjob":
+        assert (doc["apiVersion"], doc["kind"]) == ("batch/v1", "CronJob")
+        assert doc["spec"]["concurrencyPolicy"] == "Forbid" and doc["spec"]["schedule"] == "0 6 * * *"
+        container = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == command
+        assert {"name": "RAY_ADDRESS", "value": "http://ray-head:8265"} in container["env"]
+    else:
+        assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayCronJob")
+        assert doc["spec"]["schedule"] == "0 6 * * *"
+        assert doc["spec"]["jobTemplate"]["entrypoint"] == " ".join(command)
+    assert main(["cadence", "schedule", "--print", "crontab", "--config", str(config)]) == 0

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, delete, insert, select,
+from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, delete, insert, inspect, select,
                         update)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -139,10 +139,19 @@ class CadenceState:
 
     # -- schema ----------------------------------------------------------------------------
     def _open(self, *, write: bool) -> bool:
+        """Create (and migrate) the tables on the first write; a read of a database without
+        them sees an empty state and changes nothing."""
         if self._ready:
             return True
         if not self.lineage._open(write=write):
             return False
+        if not write:
+            try:
+                if not inspect(self.engine).has_table(SCHEMA.name):
+                    return False
+            except OperationalError as exc:
+                raise ArtifactError(f"not a usable state database ({' '.join(str(exc.orig).split())[:160]})",
+                                    file=self.lineage.where) from None
         try:
             _META.create_all(self.engine)
             with self.engine.begin() as con:
