@@ -409,3 +409,22 @@ def test_schedule_prints_a_manifest_that_runs_the_tick(kind, tmp_path):
         assert doc["spec"]["schedule"] == "0 6 * * *"
         assert doc["spec"]["jobTemplate"]["entrypoint"] == " ".join(command)
     assert main(["cadence", "schedule", "--print", "crontab", "--config", str(config)]) == 0
+
+
+def test_the_gate_scores_recent_rows_neither_version_trained_on():
+    from mdctr.core.timeutil import iso_day
+    from mdctr.orchestration.cadence.gate import gate_window
+    from mdctr.orchestration.lineage import VersionRecord
+
+    def actr(day: str, start: str) -> VersionRecord:
+        return VersionRecord(f"actr-{day}", "actr", day, "h", start, day, 10, {}, {}, "v")
+
+    def days(candidate, serving):
+        lo, hi = gate_window(candidate, serving, 7)
+        return iso_day(lo), iso_day(hi)
+
+    today = actr("1998-03-02", "1998-03-01")  # trained on 03-01
+    # yesterday's version trained on 02-28: the 7 days before that
+    assert days(today, actr("1998-03-01", "1998-02-28")) == ("1998-02-21", "1998-02-28")
+    # a version serving for months: the 7 days before today's window, not months-old rows
+    assert days(today, actr("1997-09-21", "1997-09-20")) == ("1998-02-22", "1998-03-01")

@@ -1,8 +1,10 @@
 """The promotion gate: a new A-CTR version serves only if it is not worse than the serving one.
 
-Both versions are scored on the same rows: the ad rows of the ``gate.days`` days before the
-earlier of their two training windows, which neither of them trained on (an A-CTR trains on
-its own window only; its CPM and TPM inputs train on organic rows). The candidate passes
+Both versions are scored on the same rows, which neither of them trained on (an A-CTR trains
+on its own window only; its CPM and TPM inputs train on organic rows): the ad rows of the
+``gate.days`` days before the candidate's training window or, when the serving version's
+window reaches into those days (it is the previous day's), of the ``gate.days`` days before
+the serving version's window. So the rows stay recent however old the serving version is. The candidate passes
 unless its AUC is lower than the serving version's by more than ``gate.max_auc_drop`` or its
 log loss higher by more than ``gate.max_logloss_rise``. With fewer than ``gate.min_rows``
 rows or a single class there is nothing to compare on and the candidate is gated; the first
@@ -37,9 +39,12 @@ class Decision:
 
 
 def gate_window(candidate: VersionRecord, serving: VersionRecord, days: int) -> tuple[int, int]:
-    """``(lo, hi)`` timestamps: the ``days`` days before the earlier training window."""
-    starts = [date.fromisoformat(r.window_start or r.date) for r in (candidate, serving)]
-    hi = day_ts(min(starts))
+    """``(lo, hi)`` timestamps of the gate's rows (see the module doc)."""
+    hi = day_ts(date.fromisoformat(candidate.window_start or candidate.date))
+    served_from = day_ts(date.fromisoformat(serving.window_start or serving.date))
+    served_to = day_ts(date.fromisoformat(serving.window_end or serving.date))
+    if served_to > hi - days * DAY:  # the serving version trained on some of those days
+        hi = min(hi, served_from)
     return hi - days * DAY, hi
 
 
