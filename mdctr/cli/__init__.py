@@ -20,7 +20,7 @@ import os
 
 import typer
 
-from mdctr.cli import adapters, cadence, cluster, data, labels, pipeline, submit, train
+from mdctr.cli import adapters, cadence, cluster, data, labels, pipeline, submit, train, tune
 from mdctr.core.errors import InputError
 
 try:  # typer >= 0.2x bundles its own click; its exceptions are not the `click` package's
@@ -38,6 +38,7 @@ app.add_typer(adapters.app, name="adapters")
 app.add_typer(labels.app, name="labels")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(cadence.app, name="cadence")
+app.add_typer(tune.app, name="tune")
 app.add_typer(cluster.app, name="cluster")
 submit.register(app)
 

@@ -19,9 +19,9 @@ import json
 from datetime import date
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from mdctr.core.config import StrictModel, dump_model, load_model
 
@@ -142,6 +142,63 @@ class ResourcesConfig(StrictModel):
     max_failures: int = Field(default=0, ge=0)
 
 
+class ParamSpec(StrictModel):
+    """One dimension of a search space (``tune.space``): exactly one of ``float: [lo, hi]``,
+    ``int: [lo, hi]`` (inclusive; ``log`` samples the logarithm, ``step`` a grid) or
+    ``categorical: [choices]``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    float_range: tuple[float, float] | None = Field(default=None, alias="float")
+    int_range: tuple[int, int] | None = Field(default=None, alias="int")
+    categorical: list[Any] | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ParamSpec":
+        kinds = [k for k, v in (("float", self.float_range), ("int", self.int_range),
+                                ("categorical", self.categorical)) if v is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of float, int, categorical (got {kinds or 'none'})")
+        bounds = self.float_range or self.int_range
+        if bounds is not None:
+            if not bounds[0] < bounds[1]:
+                raise ValueError(f"empty range {list(bounds)}")
+            if self.log and bounds[0] <= 0:
+                raise ValueError(f"a log range must be positive, got {list(bounds)}")
+            if self.log and self.step is not None:
+                raise ValueError("log and step exclude each other")
+        elif not self.categorical:
+            raise ValueError("categorical: no choices")
+        elif self.log or self.step is not None:
+            raise ValueError("log and step apply to float and int ranges only")
+        return self
+
+
+class TunePruner(StrictModel):
+    """``median``: stop a trial whose validation score after an epoch is below the median of
+    earlier trials' at that epoch (after ``startup_trials`` trials and ``warmup_epochs``)."""
+
+    type: Literal["median", "none"] = "median"
+    startup_trials: int = Field(default=3, ge=0)
+    warmup_epochs: int = Field(default=1, ge=0)
+
+
+class TuneConfig(StrictModel):
+    """``mdctr tune``'s settings: the space (dotted config paths) and the study."""
+
+    space: dict[str, ParamSpec] = {}
+    trials: int = Field(default=20, ge=1)
+    #: the validation metric a study optimises (test rows are never read during a study)
+    objective: Literal["valid_wauc", "valid_auc", "valid_logloss"] = "valid_wauc"
+    #: default: maximize AUC/WAUC, minimize log loss
+    direction: Literal["maximize", "minimize"] | None = None
+    #: the TPE sampler's seed
+    seed: int = Field(default=0, ge=0)
+    pruner: TunePruner = TunePruner()
+
+
 class TrainConfig(StrictModel):
     data: str
     baseline: Baseline = Baseline.shared
@@ -151,11 +208,14 @@ class TrainConfig(StrictModel):
     distill: DistillConfig | None = None
     world_size: int = Field(default=1, ge=1)
     resources: ResourcesConfig = ResourcesConfig()
+    #: the search space of ``mdctr tune`` (not part of a run's settings)
+    tune: TuneConfig | None = None
 
     def fingerprint(self) -> str:
         """Short hash of the resolved config (identifies a run's settings). ``resources``
-        (where the ranks run) is left out; the world size, which changes the result, is in."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"resources"}), sort_keys=True).encode()
+        (where the ranks run) and ``tune`` are left out; the world size, which changes the
+        result, is in."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"resources", "tune"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

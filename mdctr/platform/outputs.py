@@ -31,6 +31,15 @@ def gathered(ctx: JobContext, name: str) -> Predictions:
     return Predictions(*(torch.cat([p[i] for p in preds]) for i in range(4)))
 
 
+def best_validation(ctx: JobContext) -> dict:
+    """``{"split": "valid", "valid_auc", "valid_wauc", "valid_logloss", "best_epoch"}`` of the
+    job's (last) unit's best epoch."""
+    state = ctx.results[-1].state
+    best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+    return {"split": "valid", "best_epoch": state.best_epoch,
+            **{k: best.get(k) for k in ("valid_auc", "valid_wauc", "valid_logloss")}}
+
+
 @dataclass(frozen=True)
 class RunOutput:
     """A train run's ``history.json``, ``run.json`` (timings, ``info``) and, last,
@@ -47,8 +56,11 @@ class RunOutput:
     def __call__(self, ctx: JobContext) -> None:
         if ctx.rank != 0:
             return
-        p = gathered(ctx, "test")
-        metrics = compute_metrics(p.logits, p.labels, p.domain, ctx.layout.domain_names, split="test")
+        if all("test" in r.predictions for r in ctx.results):
+            p = gathered(ctx, "test")
+            metrics = compute_metrics(p.logits, p.labels, p.domain, ctx.layout.domain_names, split="test")
+        else:  # not evaluated on test rows (a tuning trial): the best epoch's validation scores
+            metrics = best_validation(ctx)
         history = {name: ckpt.read_state(d).history for name, d in self.history}
         for r in ctx.results:
             history[self.phase or r.unit or "all"] = r.state.history
@@ -60,7 +72,10 @@ class RunOutput:
         run.update({"finished": time.time(), "wall_seconds": round(time.time() - run["started"], 2)})
         write_json(run, self.run_dir / "run.json")
         write_json(metrics, self.run_dir / "metrics.json")
-        log.info("test metrics\n%s", metrics_table(metrics))
+        if metrics.get("split") == "test":
+            log.info("test metrics\n%s", metrics_table(metrics))
+        else:
+            log.info("not evaluated on test rows; best validation: %s", metrics)
 
 
 @dataclass(frozen=True)

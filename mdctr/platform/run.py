@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from mdctr.core.config import with_overrides
@@ -27,7 +28,7 @@ from mdctr.domains.spec import DatasetSpec
 from mdctr.domains.validate import validate_dataset
 from mdctr.platform.config import TrainConfig, load_train_config
 from mdctr.platform.distill import DistillLoss, StudentBuilder, TeacherLabels
-from mdctr.platform.job import Job, Output, Predict, close_log_files, setup_logging
+from mdctr.platform.job import Job, Output, Predict, TrainerHooks, close_log_files, setup_logging
 from mdctr.platform.launcher import Launcher, resolve_launcher
 from mdctr.platform.model import feature_layout
 from mdctr.platform.outputs import MetricsOutput, RunOutput
@@ -127,11 +128,13 @@ def check_training_data(cfg: TrainConfig, data_dir: Path) -> DatasetSpec:
 def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = False,
           world_size: int | None = None, split_seed: int | None = None, seed: int | None = None,
           loader: Callable[[Path], TrainConfig] = load_train_config, planner: JobPlanner = train_jobs,
-          launcher: Launcher | None = None) -> dict:
+          launcher: Launcher | None = None, hooks: TrainerHooks | None = None, test: bool = True) -> dict:
     """Train per ``config`` into ``out``; returns the test metrics (also in ``out/metrics.json``).
 
     ``loader``/``planner`` let packages that extend the backbone (adapters) reuse the run
-    machinery: config checks, the run directory, launch and clean-up on failure.
+    machinery: config checks, the run directory, launch and clean-up on failure. ``hooks``
+    replace the jobs' trainer hooks (e.g. a study's pruning); without ``test`` no test row is
+    read and the metrics are the best epoch's validation ones (``valid_*``).
     """
     cfg = resolve_config(config, world_size=world_size, split_seed=split_seed, seed=seed, loader=loader)
     data_dir = resolve_data(cfg.data)
@@ -142,6 +145,10 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = F
     try:
         setup_logging(run_dir, 0)  # the planner's notes go to the run's log too
         jobs = planner(cfg, data_dir, run_dir, resume)
+        if hooks is not None:
+            jobs = [replace(job, hooks=hooks) for job in jobs]
+        if not test:
+            jobs = [replace(job, predict=tuple(p for p in job.predict if p.split != "test")) for job in jobs]
         launch = resolve_launcher(launcher)
         for job in jobs:
             launch.launch(job)

@@ -1,0 +1,1 @@
+"""``mdctr tune``: Optuna studies of a train config's ``tune:`` space (space, objective, study)."""
