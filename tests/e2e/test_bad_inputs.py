@@ -376,6 +376,22 @@ MISMATCH = [
     case("cadence-schedule-unknown-kind", "cadence schedule --print at " + PIPE, "--print", "at"),
     case("cadence-schedule-bad-cron", "cadence schedule --print crontab --cron 61 " + PIPE, "cron"),
     case("cadence-state-url-not-a-url", "cadence status --state-url nonsense " + PIPE, "lineage_url"),
+    # tuning
+    case("tune-missing-config", "tune --trials 2", "--config"),
+    case("tune-config-missing-file", "tune --config {T}/nope.yaml", "{T}/nope.yaml"),
+    case("tune-no-space", "tune --config {A}/train.yaml --out {T}/t", "tune.space"),
+    case("tune-unknown-path", "tune --config {T}/c.yaml --out {T}/t", "tune.space.optim.dense.lrr",
+         setup=(("cp", "train.yaml", "c.yaml"),
+                ("edit", "c.yaml", "data:", "tune: {space: {optim.dense.lrr: {float: [0.001, 0.01]}}}\ndata:"))),
+    case("tune-empty-range", "tune --config {T}/c.yaml --out {T}/t", "empty range",
+         setup=(("cp", "train.yaml", "c.yaml"),
+                ("edit", "c.yaml", "data:", "tune: {space: {optim.dense.lr: {float: [0.01, 0.01]}}}\ndata:"))),
+    case("tune-zero-trials", "tune --config {T}/c.yaml --out {T}/t --trials 0", "--trials",
+         setup=(("cp", "train.yaml", "c.yaml"),
+                ("edit", "c.yaml", "data:", "tune: {space: {optim.dense.lr: {float: [0.001, 0.01]}}}\ndata:"))),
+    case("tune-show-unknown-study", "tune show --study nope --storage {T}/s.journal", "nope"),
+    case("tune-storage-is-a-directory", "tune show --study nope --storage {T}/full", "--storage",
+         setup=(FULL,)),
 ]
 
 CASES = [*(("usage", c) for c in USAGE), *(("paths", c) for c in PATHS), *(("artifact", c) for c in MALFORMED),
@@ -482,7 +498,8 @@ def test_table_covers_every_subcommand():
     want = {"data prepare", "data synth", "data validate", "train", "evaluate", "adapters finetune", "adapters list",
             "adapters merge", "adapters export", "labels write", "labels list", "labels show", "labels gc",
             "pipeline run", "pipeline replay", "pipeline list", "pipeline show", "cadence tick", "cadence status",
-            "cadence promote", "cadence rollback", "cadence replay", "cadence schedule"}
+            "cadence promote", "cadence rollback", "cadence replay", "cadence schedule", "tune show",
+            "tune --config"}
     assert want <= ids, want - ids
 
 

@@ -32,13 +32,17 @@ class PruningHooks(TrainerHooks):
     trial: object
     metric: str
     pruned: bool = False
+    #: epochs reported so far: the steps of a run of several phases (MLoRA's pretraining,
+    #: then its adapters) follow each other
+    steps: int = 0
 
     def on_epoch_end(self, epoch: int, metrics: dict, checkpoint: Path | None) -> bool:
         value = metrics.get(self.metric)
         if value is None:
             return False
-        self.trial.report(float(value), epoch)
-        self.trial.set_user_attr("epochs", epoch + 1)
+        self.trial.report(float(value), self.steps)
+        self.steps += 1
+        self.trial.set_user_attr("epochs", self.steps)
         if self.trial.should_prune():
             self.pruned = True
             return True

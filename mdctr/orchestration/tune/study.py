@@ -22,6 +22,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +44,9 @@ def default_study_name(config: Path, cfg: TrainConfig) -> str:
     return f"{Path(config).stem}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
 
-def storage_for(url: str | None, study: str):
-    """The Optuna storage: an RDB URL, a journal file path, or the default journal file."""
+def storage_for(url: str | None, study: str, *, create: bool = True):
+    """The Optuna storage: an RDB URL, a journal file path, or the default journal file (a
+    journal file that does not exist is made only with ``create``)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
@@ -55,6 +58,8 @@ def storage_for(url: str | None, study: str):
     path = Path(url) if url is not None else state_dir() / "tune" / f"{study}.journal"
     if path.is_dir():
         raise ConfigError("--storage: is a directory (give a journal file or a database URL)", file=path)
+    if not create and not path.exists():
+        raise ConfigError(f"--study: no study {study!r} (no journal file {path})")
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
@@ -82,7 +87,7 @@ def open_study(cfg: TrainConfig, name: str, storage_url: str | None, *, create: 
                worker: int = 0):
     import optuna
 
-    storage = storage_for(storage_url, name)
+    storage = storage_for(storage_url, name, create=create)
     exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if create and exists and not resume:
         raise ConfigError(f"--study: study {name!r} exists in {storage_label(storage_url, name)} "
@@ -151,10 +156,15 @@ def tune(config: Path, cfg: TrainConfig, *, trials: int | None = None, parallel:
 
 def _run_on_ray(cfg: TrainConfig, name: str, storage: str | None, root: Path, parallel: int,
                 address: str | None) -> None:
+    from mdctr.orchestration.ray import cluster
     from mdctr.orchestration.ray.train import ray_session
 
     label = storage_label(storage, name)  # the workers open the same journal file or database
-    with ray_session(parallel) if address is None else _connect(address):
+    local = cluster.running() if address is None else None
+    if local is not None:  # `mdctr cluster up`'s cluster: the trials run there
+        cluster.apply_client_env(local)
+        address = local.address
+    with ray_session(parallel) if address is None else _connect(address, loopback=local is not None):
         import ray
 
         worker = ray.remote(num_cpus=1, max_retries=0)(run_worker)
@@ -163,20 +173,20 @@ def _run_on_ray(cfg: TrainConfig, name: str, storage: str | None, root: Path, pa
     log.info("%d trials on %d Ray workers", sum(done), parallel)
 
 
-def _connect(address: str):
-    from contextlib import contextmanager
+@contextmanager
+def _connect(address: str, *, loopback: bool) -> Iterator[None]:
+    """Connected to the cluster at ``address`` meanwhile (as a loopback-only client for the
+    local ``mdctr cluster``)."""
+    import ray
 
-    @contextmanager
-    def session():
-        import ray
+    from mdctr.orchestration.ray.train import loopback_only
 
+    with loopback_only() if loopback else nullcontext():
         ray.init(address=address)
         try:
             yield
         finally:
             ray.shutdown()
-
-    return session()
 
 
 def report(name: str, storage: str | None, *, cfg: TrainConfig | None = None, out: Path | None = None,

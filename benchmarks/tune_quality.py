@@ -1,0 +1,118 @@
+"""What `mdctr tune` buys on MovieLens-100K gender, and what parallel trials cost.
+
+For the shared backbone (``configs/movielens_gender_shared.yaml``) and MLoRA
+(``configs/movielens_gender_mlora.yaml``), each with its own ``tune:`` space:
+
+1. a ``--trials`` study (default 24) with K = ``--parallel`` (default 2) trials at once on a
+   private local Ray cluster, validation WAUC as the objective (split seed 0), median pruning;
+   wall minutes and pruned trials are reported;
+2. the default config's validation WAUC (split seed 0, trained as a trial is: no test rows);
+3. the default config and the best trial's config retrained with split seeds 0, 1, 2: test
+   WAUC mean ± std of each.
+
+Then ``parallel_speedup``: an 8-trial study of the shared space without pruning, K = 1 (in
+this process) vs K = 2 (Ray tasks), time(K=1) / time(K=2).
+
+Last line: one JSON object ``{"shared": {...}, "mlora": {...}, "parallel_speedup": x}``,
+each model with ``default_valid_wauc``, ``best_valid_wauc``, ``default_test_wauc``,
+``tuned_test_wauc`` (mean and std over the split seeds), ``pruned``, ``trials``, ``minutes``.
+
+Usage: python benchmarks/tune_quality.py [--trials 24] [--parallel 2] [--seeds 0 1 2] [--skip-speedup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {"shared": REPO / "configs" / "movielens_gender_shared.yaml",
+           "mlora": REPO / "configs" / "movielens_gender_mlora.yaml"}
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": round(statistics.mean(values), 6),
+            "std": round(statistics.stdev(values), 6) if len(values) > 1 else 0.0, "values": values}
+
+
+def _test_wauc(config, seeds: list[int], root: Path) -> dict:
+    from mdctr.adapters.run import train
+
+    return _mean_std([train(config, root / f"seed{s}", split_seed=s)["wauc"] for s in seeds])
+
+
+def study_model(name: str, trials: int, parallel: int, seeds: list[int], work: Path) -> dict:
+    import optuna
+
+    from mdctr.adapters.run import load_config, train
+    from mdctr.orchestration.tune.study import open_study, tune
+
+    cfg = load_config(CONFIGS[name])
+    default = cfg.model_copy(update={"tune": None})
+    default_valid = train(default, work / name / "default-valid", test=False)["valid_wauc"]
+    t0 = time.perf_counter()
+    result = tune(CONFIGS[name], cfg, trials=trials, parallel=parallel, study=f"bench-{name}",
+                  out=work / name / "study")
+    minutes = (time.perf_counter() - t0) / 60
+    print(result.table, flush=True)
+    study = open_study(None, f"bench-{name}", None, create=False)
+    states = [t.state for t in study.trials]
+    pruned = states.count(optuna.trial.TrialState.PRUNED)
+    epochs_pruned = sum(t.user_attrs.get("epochs", 0) for t in study.trials
+                        if t.state == optuna.trial.TrialState.PRUNED)
+    best = load_config(result.best_config)
+    row = {
+        "trials": len(states), "pruned": pruned, "failed": states.count(optuna.trial.TrialState.FAIL),
+        "epochs_in_pruned_trials": epochs_pruned, "minutes": round(minutes, 2),
+        "default_valid_wauc": default_valid, "best_valid_wauc": round(study.best_value, 6),
+        "best_params": study.best_params,
+        "default_test_wauc": _test_wauc(default, seeds, work / name / "default"),
+        "tuned_test_wauc": _test_wauc(best, seeds, work / name / "tuned"),
+    }
+    row["test_gain"] = round(row["tuned_test_wauc"]["mean"] - row["default_test_wauc"]["mean"], 6)
+    print(f"{name}: {json.dumps(row)}", flush=True)
+    return row
+
+
+def speedup(work: Path) -> dict:
+    from mdctr.adapters.run import load_config
+    from mdctr.orchestration.tune.study import tune
+
+    cfg = load_config(CONFIGS["shared"])
+    cfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"pruner": cfg.tune.pruner.model_copy(
+        update={"type": "none"})})})
+    times = {}
+    for k in (1, 2):
+        t0 = time.perf_counter()
+        tune(CONFIGS["shared"], cfg, trials=8, parallel=k, study=f"speed-k{k}", out=work / f"speed-k{k}")
+        times[k] = round(time.perf_counter() - t0, 1)
+        print(f"8 trials, K={k}: {times[k]} s", flush=True)
+    return {"k1_s": times[1], "k2_s": times[2], "parallel_speedup": round(times[1] / times[2], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--models", nargs="+", default=["shared", "mlora"])
+    ap.add_argument("--skip-speedup", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mdctr-tune-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["MDCTR_STATE"] = str(work / "state")  # the studies' journal files
+        out: dict = {}
+        for name in args.models:
+            out[name] = study_model(name, args.trials, args.parallel, args.seeds, work)
+        if not args.skip_speedup:
+            out.update(speedup(work))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
