@@ -28,9 +28,12 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, insert,
                         select)
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from mdctr.core.errors import ArtifactError, ConfigError
+
+#: seconds a SQLite connection waits for another process's write lock
+SQLITE_BUSY_TIMEOUT_S = 60.0
 
 _META = MetaData()
 VERSIONS = Table(
@@ -55,6 +58,18 @@ EVALUATIONS = Table(
     Column("window_end", String(10)),
     Column("metrics", Text, nullable=False),
 )
+
+
+def create_tables(meta: MetaData, engine) -> None:
+    """``meta``'s tables, unless they exist. Two processes creating them at once both check,
+    then both create: the second one's "already exists" means the tables are there."""
+    for attempt in range(3):
+        try:
+            meta.create_all(engine)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc.orig) or attempt == 2:
+                raise
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,10 @@ class Lineage:
             self.where = str(self.sqlite_file)
         self.root = None if root is None else Path(root).absolute()
         try:
-            self.engine = create_engine(url)
+            # SQLite: writers from several processes (concurrent ticks, stage jobs) wait for
+            # each other's short transactions instead of failing with "database is locked"
+            kw = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
+            self.engine = create_engine(url, **kw)
         except ArgumentError as exc:  # not a URL, or an unknown dialect / driver
             raise ConfigError(f"lineage_url: not a usable SQLAlchemy URL ({exc})") from None
         self._ready = False
@@ -104,7 +122,7 @@ class Lineage:
             return False
         if self.sqlite_file is not None:
             self.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        _META.create_all(self.engine)
+        create_tables(_META, self.engine)
         self._ready = True
         return True
 

@@ -248,7 +248,7 @@ def test_two_concurrent_ticks_start_every_run_once(cli_config, tmp_path):
     procs = [_mdctr("cadence", "tick", "--executor", "local", "--now", "2024-03-01T06:00", "--config",
                     str(cli_config), cwd=tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    assert all(p.returncode == 0 for p in procs), [err[-4000:] for _, err in outs]
     joined = "".join(o for o, _ in outs)
     assert joined.count("another tick holds the lock") == 1  # the second one found the first running
     runs = _runs(tmp_path / "store")
@@ -279,34 +279,38 @@ def test_a_killed_tick_is_finished_by_the_next_with_nothing_twice(cli_config, tm
     assert [_stem(v) for v in versions] == ["actr-2024-03-01", "cpm-2024-03-01", "tpm-2024-03-01"]  # no leftovers
 
 
-@pytest.mark.slow
-def test_status_promote_and_rollback(cli_config, tmp_path):
-    for day in ("2024-03-01", "2024-03-02"):
-        p = _mdctr("cadence", "tick", "--executor", "local", "--now", f"{day}T06:00", "--config", str(cli_config),
-                   cwd=tmp_path)
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, out + err
-    p = _mdctr("cadence", "status", "--json", "--now", "2024-03-02T07:00", "--config", str(cli_config), cwd=tmp_path)
-    out, err = p.communicate(timeout=120)
+def test_status_promote_and_rollback(first, tmp_path, capsys):
+    from mdctr.cli import main
+
+    cfg, _ = first
+    store = tmp_path / "store"
+    shutil.copytree(cfg.store, store)
+    cfg = cfg.model_copy(update={"store": str(store)})
+    config = tmp_path / "cadence.yaml"
+    dump_model(cfg, config)
+    _, cadence = _cadence(cfg)
+    cadence.tick(at("2024-03-02"))
+
+    def mdctr(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = mdctr("cadence", "status", "--json", "--now", "2024-03-02T07:00", "--config", str(config))
     report = json.loads(out)
     stages = {s["stage"]: s for s in report["stages"]}
     assert stages["actr"]["last_success"].startswith("actr-2024-03-02") and stages["actr"]["next_due"] == "2024-03-03"
     assert stages["cpm"]["next_due"] == "2024-03-04" and stages["tpm"]["next_due"] == "2024-04-01"
     serving = report["serving"]["version"]  # the first A-CTR, or the second if it passed the gate
-    other = next(r["run_id"] for r in _runs(tmp_path / "store")
-                 if r["run_id"].startswith("actr") and r["run_id"] != serving)
-    p = _mdctr("cadence", "promote", other, "--config", str(cli_config), "--reason", "hotfix", cwd=tmp_path)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 0 and out.strip() == f"serving {other}", out + err
-    p = _mdctr("cadence", "rollback", "--config", str(cli_config), cwd=tmp_path)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 0 and out.strip() == f"serving {serving}", out + err
-    p = _mdctr("cadence", "promote", "cpm-nope", "--config", str(cli_config), cwd=tmp_path)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 2 and len(err.strip().splitlines()) == 1 and "cpm-nope" in err
-    p = _mdctr("cadence", "status", "--config", str(cli_config), cwd=tmp_path)
-    out, _ = p.communicate(timeout=120)
-    assert "rollback" in out and "manual" in out and "serving:" in out
+    other = next(r["run_id"] for r in _runs(store) if r["run_id"].startswith("actr") and r["run_id"] != serving)
+    assert mdctr("cadence", "promote", other, "--config", str(config), "--reason", "hotfix")[:2] == (
+        0, f"serving {other}\n")
+    assert mdctr("cadence", "rollback", "--config", str(config))[:2] == (0, f"serving {serving}\n")
+    code, _, err = mdctr("cadence", "promote", "cpm-nope", "--config", str(config))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cpm-nope" in err
+    code, out, _ = mdctr("cadence", "status", "--config", str(config))
+    assert code == 0 and "rollback" in out and "manual" in out and "serving:" in out
+    assert [h["action"] for h in CadenceState(Pipeline(cfg).lineage).history()][-2:] == ["manual", "rollback"]
 
 
 def test_a_day_without_rows_is_skipped_and_replay_scores_the_serving_version(first, tmp_path, monkeypatch):

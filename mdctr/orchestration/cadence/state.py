@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mdctr.core.errors import ArtifactError
 from mdctr.core.io import pid_alive
-from mdctr.orchestration.lineage import Lineage
+from mdctr.orchestration.lineage import Lineage, create_tables
 
 #: this code's schema version of the cadence tables
 SCHEMA_VERSION = 1
@@ -153,7 +153,7 @@ class CadenceState:
                 raise ArtifactError(f"not a usable state database ({' '.join(str(exc.orig).split())[:160]})",
                                     file=self.lineage.where) from None
         try:
-            _META.create_all(self.engine)
+            create_tables(_META, self.engine)
             with self.engine.begin() as con:
                 found = con.execute(select(SCHEMA.c.version).where(SCHEMA.c.component == COMPONENT)).scalar()
                 if found is None:
