@@ -17,7 +17,11 @@ Last line: one JSON object ``{"shared": {...}, "mlora": {...}, "parallel_speedup
 each model with ``default_valid_wauc``, ``best_valid_wauc``, ``default_test_wauc``,
 ``tuned_test_wauc`` (mean and std over the split seeds), ``pruned``, ``trials``, ``minutes``.
 
+``--split-seeds 0 1 2`` scores every trial on several splits' validation rows
+(``tune.split_seeds``) instead of one.
+
 Usage: python benchmarks/tune_quality.py [--trials 24] [--parallel 2] [--seeds 0 1 2] [--skip-speedup]
+       [--models shared mlora] [--split-seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -46,13 +50,16 @@ def _test_wauc(config, seeds: list[int], root: Path) -> dict:
     return _mean_std([train(config, root / f"seed{s}", split_seed=s)["wauc"] for s in seeds])
 
 
-def study_model(name: str, trials: int, parallel: int, seeds: list[int], work: Path) -> dict:
+def study_model(name: str, trials: int, parallel: int, seeds: list[int], work: Path,
+                split_seeds: list[int] | None = None) -> dict:
     import optuna
 
     from mdctr.adapters.run import load_config, train
     from mdctr.orchestration.tune.study import open_study, tune
 
     cfg = load_config(CONFIGS[name])
+    if split_seeds:  # score every trial on these splits' validation rows (tune.split_seeds)
+        cfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"split_seeds": split_seeds})})
     default = cfg.model_copy(update={"tune": None})
     default_valid = train(default, work / name / "default-valid", test=False)["valid_wauc"]
     t0 = time.perf_counter()
@@ -102,13 +109,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", nargs="+", default=["shared", "mlora"])
     ap.add_argument("--skip-speedup", action="store_true")
+    ap.add_argument("--split-seeds", type=int, nargs="+", default=None,
+                    help="tune.split_seeds for the studies (default: the config's)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mdctr-tune-bench-") as tmp:
         work = Path(tmp)
         os.environ["MDCTR_STATE"] = str(work / "state")  # the studies' journal files
         out: dict = {}
         for name in args.models:
-            out[name] = study_model(name, args.trials, args.parallel, args.seeds, work)
+            out[name] = study_model(name, args.trials, args.parallel, args.seeds, work, args.split_seeds)
         if not args.skip_speedup:
             out.update(speedup(work))
     print(json.dumps(out))

@@ -196,7 +196,17 @@ class TuneConfig(StrictModel):
     direction: Literal["maximize", "minimize"] | None = None
     #: the TPE sampler's seed
     seed: int = Field(default=0, ge=0)
+    #: score every trial on these random splits (the mean of their best validation scores),
+    #: so the study does not fit one split's validation rows; default: the config's split
+    split_seeds: list[int] | None = Field(default=None, min_length=1)
     pruner: TunePruner = TunePruner()
+
+    @field_validator("split_seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError("split seeds must be distinct and >= 0")
+        return v
 
 
 class TrainConfig(StrictModel):

@@ -143,3 +143,24 @@ def test_a_study_on_ray_runs_two_trials_at_once_with_pruning(tmp_path, monkeypat
         assert Path(t.user_attrs["run_dir"]).is_dir()
         assert len(t.intermediate_values) == t.user_attrs["epochs"]  # one report per epoch trained
     assert result.best_config.is_file()
+
+
+def test_several_splits_score_a_trial_by_their_mean(tmp_path):
+    config = _config(tmp_path, SPACE.replace("  trials: 3\n", "  trials: 3\n  split_seeds: [0, 1]\n"),
+                     BASE.replace("epochs: 2", "epochs: 1"))
+    objective = Objective(load_config(config), tmp_path / "trials")
+    trial = FixedTrial({"optim.dense.lr": 0.003, "model.hidden": "[16]"})
+    value = objective(trial)
+    per_split = []
+    for seed in (0, 1):
+        run = tmp_path / "trials" / "trial-0000" / f"split-{seed}"
+        assert load_config(run / "config.yaml").train.split_seed == seed
+        per_split.append(json.loads((run / "metrics.json").read_text())["valid_wauc"])
+    assert per_split[0] != per_split[1] and value == pytest.approx(sum(per_split) / 2)
+    assert trial.user_attrs["split_values"] == {"0": per_split[0], "1": per_split[1]}
+    assert trial.user_attrs["epochs"] == 2  # one pruning curve over both splits
+
+
+def test_split_seeds_must_be_distinct(tmp_path):
+    with pytest.raises(ConfigError, match="split_seeds"):
+        load_config(_config(tmp_path, SPACE.replace("  trials: 3\n", "  trials: 3\n  split_seeds: [1, 1]\n")))

@@ -74,11 +74,17 @@ class Objective:
         number = getattr(trial, "number", 0)
         out = self.root / f"trial-{number:04d}"
         trial.set_user_attr("run_dir", str(out))
-        hooks = PruningHooks(trial, self.metric)
-        metrics = train(cfg, out, hooks=hooks, test=False)
-        if hooks.pruned:
-            raise optuna.TrialPruned(f"pruned after {trial.user_attrs.get('epochs', '?')} epochs")
-        value = metrics.get(self.metric)
-        if value is None:
-            raise ValueError(f"the run reported no {self.metric}")
-        return float(value)
+        hooks = PruningHooks(trial, self.metric)  # one curve: the splits' epochs one after another
+        seeds = self.cfg.tune.split_seeds
+        values = []
+        for seed in seeds or [None]:
+            run_dir = out if seed is None else out / f"split-{seed}"
+            metrics = train(cfg, run_dir, hooks=hooks, test=False, split_seed=seed)
+            if hooks.pruned:
+                raise optuna.TrialPruned(f"pruned after {trial.user_attrs.get('epochs', '?')} epochs")
+            if metrics.get(self.metric) is None:
+                raise ValueError(f"the run reported no {self.metric}")
+            values.append(float(metrics[self.metric]))
+        if seeds:
+            trial.set_user_attr("split_values", dict(zip(map(str, seeds), values)))
+        return sum(values) / len(values)
