@@ -131,5 +131,5 @@ def test_prepare_refuses_non_empty_out_then_overwrites(tmp_path, ml_gender_spec)
 def test_prepare_bad_split(tmp_path):
     out = tmp_path / "OUT"
     proc = run("data", "prepare", "movielens-100k", "--split", "colour", "--out", str(out), cwd=tmp_path)
-    assert_one_line_error(proc, "--split for movielens-100k must be one of gender, age, occupation, ads")
+    assert_one_line_error(proc, "--split for movielens-100k must be one of gender, age, age3, occupation, ads")
     assert not out.exists() and siblings(out) == []

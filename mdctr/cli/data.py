@@ -15,7 +15,7 @@ app = typer.Typer(no_args_is_help=True, help="Prepare, generate and validate dat
 @app.command("prepare")
 def data_prepare(
     dataset: str = typer.Argument(..., help="Built-in dataset: movielens-100k."),
-    split: str = typer.Option("gender", "--split", help="Domains: gender, age, occupation or ads."),
+    split: str = typer.Option("gender", "--split", help="Domains: gender, age, age3 (three age groups), occupation or ads."),
     out: Path = OutOpt,
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the random 80/10/10 split."),
     overwrite: bool = OverwriteOpt,

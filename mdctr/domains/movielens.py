@@ -6,6 +6,7 @@ rating's row number in the source file. Domains by ``split``:
 
 - ``gender``: F, M
 - ``age``: under-18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
+- ``age3``: the same ages in three groups of similar size: under-25, 25-34, 35+
 - ``occupation``: the 21 occupations
 - ``ads``: ``organic`` and ``ad``, the ad domain holding every rating of a fixed, seeded
   20% subset of items (users overlap). This is the cross-domain transfer setting.
@@ -31,10 +32,13 @@ from mdctr.core.io import atomic_dir
 from mdctr.core.timeutil import DAY
 from mdctr.domains.writer import DatasetWriter, build_table, list_array
 
-MovieLensSplit = Literal["gender", "age", "occupation", "ads"]
-SPLITS: tuple[str, ...] = ("gender", "age", "occupation", "ads")
+MovieLensSplit = Literal["gender", "age", "age3", "occupation", "ads"]
+SPLITS: tuple[str, ...] = ("gender", "age", "age3", "occupation", "ads")
 AGE_BUCKETS = [(0, "under-18"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-49"),
                (50, "50-55"), (56, "56+")]
+#: ``age3``: each of AGE_BUCKETS' buckets -> one of three groups
+AGE3_GROUPS = ["under-25", "25-34", "35+"]
+AGE3_OF_BUCKET = np.array([0, 0, 1, 2, 2, 2, 2], dtype=np.int64)
 AD_ITEM_SEED = 20240901
 AD_ITEM_SHARE = 0.2
 
@@ -95,6 +99,9 @@ def movielens_columns(raw: MovieLensRaw, split: MovieLensSplit) -> tuple[dict, l
         names = [name for _, name in AGE_BUCKETS]
         domain = np.array(names, dtype=object)[age]
         domains = [DomainSpec(name=n) for n in names]
+    elif split == "age3":
+        domain = np.array(AGE3_GROUPS, dtype=object)[AGE3_OF_BUCKET[age]]
+        domains = [DomainSpec(name=n) for n in AGE3_GROUPS]
     elif split == "occupation":
         domain = np.array(occ_vocab, dtype=object)[occupation]
         domains = [DomainSpec(name=n) for n in occ_vocab]

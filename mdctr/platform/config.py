@@ -64,7 +64,16 @@ class EmbeddingOptim(StrictModel):
     type: Literal["sgd", "adagrad", "rowwise_adagrad", "adam"] = "rowwise_adagrad"
     lr: float = Field(default=0.05, gt=0)
     eps: float = Field(default=1e-8, gt=0)
+    #: L2 on the rows of a batch (rowwise_adagrad), decoupled (adam); fbgemm's sgd and
+    #: adagrad have none
     weight_decay: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _decay(self) -> "EmbeddingOptim":
+        if self.weight_decay and self.type in ("sgd", "adagrad"):
+            raise ValueError(f"weight_decay: fbgemm's {self.type} kernel has no weight decay "
+                             "(use rowwise_adagrad or adam)")
+        return self
 
 
 class DenseOptim(StrictModel):
@@ -85,6 +94,9 @@ class TrainLoopConfig(StrictModel):
     #: epochs without a better validation WAUC before stopping
     patience: int = Field(default=2, ge=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
+    #: L2 on the embeddings a training batch looks up: adds ``embedding_l2`` times the mean
+    #: squared norm of an example's pooled embeddings to the loss (every device and optimizer)
+    embedding_l2: float = Field(default=0.0, ge=0)
     seed: int = Field(default=0, ge=0)
     split_kind: Literal["random", "temporal"] = "random"
     split_seed: int | None = Field(default=None, ge=0)

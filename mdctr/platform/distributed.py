@@ -30,6 +30,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
@@ -40,6 +42,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from mdctr.core.environ import scoped_env
+from mdctr.core.errors import ConfigError
 from mdctr.core.io import scratch_dir, temp_sibling
 from mdctr.platform import solo_group
 from mdctr.platform.config import DenseOptim, EmbeddingOptim
@@ -245,6 +248,33 @@ def fused_kwargs(cfg: EmbeddingOptim) -> dict:
     return kw
 
 
+def check_embedding_optim(cfg: EmbeddingOptim, device_type: str) -> None:
+    """fbgemm's CPU kernels have less than its GPU ones: refuse what they would not do (no
+    Adam; ``weight_decay`` set but silently not applied) rather than train something else."""
+    if device_type != "cpu":
+        return
+    if cfg.type == "adam":
+        raise ConfigError("optim.embedding.type: fbgemm has no adam kernel on CPU "
+                          "(rowwise_adagrad, adagrad or sgd run on CPU and GPU)")
+    if cfg.weight_decay:
+        raise ConfigError("optim.embedding.weight_decay: fbgemm's CPU kernels do not apply weight decay "
+                          "(train.embedding_l2 regularises the embeddings on every device)")
+
+
+def sharders(cfg: EmbeddingOptim) -> list:
+    """TorchRec's default sharders, the EmbeddingBagCollection's carrying the fbgemm settings
+    the optimizer class cannot: fbgemm ignores ``weight_decay`` unless a weight-decay mode is
+    set (rowwise Adagrad: L2, added to the rows' gradients as torch's Adagrad does; Adam:
+    decoupled, as AdamW). Only rows in a batch decay."""
+    from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
+
+    if not cfg.weight_decay:
+        return get_default_sharders()
+    mode = WeightDecayMode.L2 if cfg.type == "rowwise_adagrad" else WeightDecayMode.DECOUPLE
+    return [EmbeddingBagCollectionSharder(fused_params={"weight_decay_mode": mode})
+            if isinstance(s, EmbeddingBagCollectionSharder) else s for s in get_default_sharders()]
+
+
 #: Sharding types the planner may choose from (all run on CPU and GPU). Data-parallel is left
 #: out on purpose: it would train small tables with a dense optimizer instead of fbgemm's.
 SHARDING_TYPES = [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value,
@@ -257,6 +287,7 @@ def shard(model: nn.Module, *, device: torch.device, batch_size: int, optim: Emb
     Every table gets a fused fbgemm kernel; the planner picks table-, column- or
     table-column-wise sharding per table for the world size.
     """
+    check_embedding_optim(optim, device.type)
     ebcs = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
     pg = dist.group.WORLD
     world = dist.get_world_size()
@@ -272,10 +303,11 @@ def shard(model: nn.Module, *, device: torch.device, batch_size: int, optim: Emb
                                                kernel_config=KernelConfig(compute_device=device.type))
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints,
                                        storage_reservation=FixedPercentageStorageReservation(0.15))
-    plan = planner.collective_plan(model, None, pg)
+    chosen = sharders(optim)
+    plan = planner.collective_plan(model, chosen, pg)
     # one rank has nothing to all-reduce: skip DDP's wrapper and its gradient-bucket copies
     return DistributedModelParallel(model, env=ShardingEnv.from_process_group(pg), device=device, plan=plan,
-                                    init_data_parallel=world > 1)
+                                    sharders=chosen, init_data_parallel=world > 1)
 
 
 def table_param_names(dmp: nn.Module) -> set[str]:

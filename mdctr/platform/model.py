@@ -131,6 +131,10 @@ class CTRModel(nn.Module):
         #: look the tables up without autograd: they get no gradient and never move, and the
         #: lookup's backward is skipped (fine-tuning only the dense side)
         self.embeddings_frozen = False
+        #: set by the trainer (``train.embedding_l2``): in training, ``pooled`` leaves
+        #: ``embedding_l2 * mean_b ||pooled_b||^2`` in ``penalty`` for the loss to add
+        self.embedding_l2 = 0.0
+        self.penalty: torch.Tensor | None = None
         self.ebc = EmbeddingBagCollection(tables=table_configs(layout, cfg.embedding_dim, seed),
                                           device=torch.device(device))
         in_features = self.num_fields * cfg.embedding_dim + layout.dense_dim
@@ -147,7 +151,10 @@ class CTRModel(nn.Module):
         if self.embeddings_frozen:
             with torch.no_grad():
                 return self.ebc(sparse).values()
-        return self.ebc(sparse).values()
+        pooled = self.ebc(sparse).values()
+        if self.training and self.embedding_l2:
+            self.penalty = self.embedding_l2 * pooled.pow(2).sum(dim=1).mean()
+        return pooled
 
     def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor, domain: torch.Tensor,
                 inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

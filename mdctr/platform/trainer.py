@@ -75,6 +75,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # the dense layers' initialisation
         self.model = shard(job.model(cfg, layout), device=device, batch_size=self.batch_size,
                            optim=cfg.optim.embedding)
+        #: the model itself, without DMP's (and DDP's) wrappers
+        self.net = self.model.module
+        if hasattr(self.net, "embedding_l2"):
+            self.net.embedding_l2 = cfg.train.embedding_l2
         tables = table_param_names(self.model)
         keep = job.trainable or (lambda name: True)
         self.dense_params = {n: p for n, p in self.model.named_parameters()
@@ -147,8 +151,13 @@ class Trainer:
             batch = batch.to(self.device, non_blocking=True)
             output = self.model(batch.sparse, batch.dense, self._model_domain(batch.domain), batch.inputs)
             loss = self.loss_fn(output, batch)
+            penalty = getattr(self.net, "penalty", None)
             self.dense_opt.zero_grad(set_to_none=True)
-            loss.backward()  # the fused optimizer updates the tables here
+            if penalty is not None:
+                self.net.penalty = None
+                (loss + penalty).backward()  # the fused optimizer updates the tables here
+            else:
+                loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             self.dense_opt.step()

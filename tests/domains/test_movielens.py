@@ -182,6 +182,17 @@ def test_age_split(ml_prepare, ml_raw):
     assert all(d.rows > 0 for d in spec.domains)
 
 
+def test_age3_split_groups_the_source_ages(ml_prepare, ml_raw):
+    spec = load_spec(ml_prepare("age3"))
+    assert [d.name for d in spec.domains] == ["under-25", "25-34", "35+"]
+    m = merged(ml_raw)
+    group = pd.cut(m["age"], bins=[-1, 24, 34, 200], labels=["under-25", "25-34", "35+"])
+    assert {d.name: d.rows for d in spec.domains} == group.value_counts().to_dict()
+    assert sum(d.positives for d in spec.domains) == 55_375
+    # three groups of similar size (none under a fifth of the rows)
+    assert min(d.rows for d in spec.domains) > 20_000
+
+
 def test_age_bucket_edges():
     ages = np.array([1, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 73])
     assert age_bucket(ages).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
@@ -227,7 +238,7 @@ def test_unknown_split_rejected(tmp_path, ml_raw):
     with pytest.raises(ValueError, match="--split must be one of"):
         prepare_movielens("colour", tmp_path / "x", raw=ml_raw)
     assert not (tmp_path / "x").exists()
-    assert SPLITS == ("gender", "age", "occupation", "ads")
+    assert SPLITS == ("gender", "age", "age3", "occupation", "ads")
 
 
 def test_prepare_refuses_non_empty_out(tmp_path, ml_raw, ml_gender_spec):
@@ -363,6 +374,6 @@ def test_resolve_builtin_ref(tmp_path, monkeypatch, ml_raw, ml_gender_spec):
         resolve_data(tmp_path / "cache")
     with pytest.raises(ValueError, match="unknown dataset 'movielens-1m'"):
         prepare_builtin("movielens-1m", "gender", tmp_path / "x")
-    with pytest.raises(ValueError, match="must be one of gender, age, occupation, ads"):
+    with pytest.raises(ValueError, match="must be one of gender, age, age3, occupation, ads"):
         prepare_builtin("movielens-100k", "zip", tmp_path / "x")
     assert not (tmp_path / "x").exists()

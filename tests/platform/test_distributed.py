@@ -130,3 +130,31 @@ def test_a_spawned_ranks_error_still_reaches_the_caller(rendezvous_dirs):
     with pytest.raises(mp.ProcessRaisedException, match="rank one's own error"):
         distributed.launch(fails_on_rank_one, 2)
     assert len(rendezvous_dirs) == 1 and not rendezvous_dirs[0].exists()  # removed on failure too
+
+
+def test_embedding_optimizers_fbgemm_cannot_run_on_cpu_are_refused():
+    """fbgemm's CPU kernels have no Adam and silently skip weight decay: both are one
+    ConfigError line naming the key on CPU; on GPU they pass, the weight-decay mode set."""
+    from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    from mdctr.core.errors import ConfigError
+    from mdctr.platform.config import EmbeddingOptim
+    from mdctr.platform.distributed import check_embedding_optim, sharders
+
+    with pytest.raises(ConfigError, match="optim.embedding.type: fbgemm has no adam kernel on CPU"):
+        check_embedding_optim(EmbeddingOptim(type="adam", lr=1e-3), "cpu")
+    with pytest.raises(ConfigError, match="optim.embedding.weight_decay: .* do not apply weight decay"):
+        check_embedding_optim(EmbeddingOptim(weight_decay=1e-5), "cpu")
+    check_embedding_optim(EmbeddingOptim(), "cpu")
+    check_embedding_optim(EmbeddingOptim(type="adam", weight_decay=1e-5), "cuda")
+    with pytest.raises(ValueError, match="fbgemm's adagrad kernel has no weight decay"):
+        EmbeddingOptim(type="adagrad", weight_decay=1e-5)
+
+    def ebc_mode(cfg):
+        (ebc,) = [s for s in sharders(cfg) if isinstance(s, EmbeddingBagCollectionSharder)]
+        return (ebc.fused_params or {}).get("weight_decay_mode")
+
+    assert ebc_mode(EmbeddingOptim()) is None
+    assert ebc_mode(EmbeddingOptim(weight_decay=1e-5)) == WeightDecayMode.L2
+    assert ebc_mode(EmbeddingOptim(type="adam", weight_decay=1e-5)) == WeightDecayMode.DECOUPLE

@@ -260,3 +260,31 @@ def test_hooks_see_every_epoch_and_can_stop_training(ml_gender, tmp_path, make_c
     assert state.last_epoch == 2 and state.stopped
     assert [h["valid_wauc"] for h in state.history] == [c[1] for c in hooks.calls]
     assert state.best_epoch == max(range(3), key=lambda e: hooks.calls[e][1])
+
+
+def test_embedding_l2_penalises_the_batchs_pooled_embeddings(ml_gender, make_config, shared_run, tmp_path):
+    """``train.embedding_l2``: the model leaves ``l2 * mean ||pooled||^2`` of a training batch
+    for the loss (nothing in eval); training with it changes the metrics; 0 is the default."""
+    import torch
+
+    from mdctr.domains.spec import load_spec
+    from mdctr.platform.model import CTRModel, feature_layout
+
+    cfg = make_config(ml_gender, train={"embedding_l2": 0.5})
+    layout = feature_layout(load_spec(ml_gender), cfg.model, cfg.baseline)
+    model = CTRModel(layout, cfg.model, device="cpu")
+    model.embedding_l2 = 0.5
+    batch = next(layout.reader(ml_gender).batches("train", batch_size=64, shuffle=False))
+    pooled = model.pooled(batch.sparse, batch.domain)
+    assert model.penalty is not None
+    assert torch.allclose(model.penalty, 0.5 * pooled.pow(2).sum(1).mean())
+    model.penalty = None
+    model.eval()
+    model.pooled(batch.sparse, batch.domain)
+    assert model.penalty is None
+
+    assert make_config(ml_gender).train.embedding_l2 == 0.0
+    strong = train(cfg, tmp_path / "l2")
+    assert strong["wauc"] != shared_run[1]["wauc"] and strong["wauc"] > 0.7
+    with pytest.raises(Exception, match="embedding_l2"):
+        make_config(ml_gender, train={"embedding_l2": -1.0})
