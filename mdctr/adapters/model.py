@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from mdctr.adapters.layer import DEFAULT_ALPHA, MLoRALinear, RoutingContext
@@ -32,6 +32,25 @@ class AdapterConfig(StrictModel):
     rank: int | None = Field(default=None, ge=1)
     #: epochs of the shared pretraining in two_phase mode (default: train.epochs)
     pretrain_epochs: int | None = Field(default=None, ge=1)
+    #: two_phase: ``per_domain`` keeps each domain's adapter from the epoch of its own best
+    #: validation AUC (the untrained, no-op adapter if none beats the shared model);
+    #: ``global``: every adapter from the epoch of the best validation WAUC
+    select: Literal["per_domain", "global"] = "per_domain"
+    #: two_phase's adapter phase: its dense learning rate, weight decay and epochs
+    #: (default: optim.dense.lr, optim.dense.weight_decay, train.epochs)
+    lr: float | None = Field(default=None, gt=0)
+    weight_decay: float | None = Field(default=None, ge=0)
+    epochs: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _two_phase_only(self) -> "AdapterConfig":
+        if self.mode == "joint":
+            given = [k for k in ("pretrain_epochs", "select", "lr", "weight_decay", "epochs")
+                     if getattr(self, k) != type(self).model_fields[k].default]
+            if given:
+                raise ValueError(f"adapters.{given[0]} applies to mode two_phase only (joint trains the "
+                                 "backbone and the adapters together)")
+        return self
 
 
 def is_adapter_param(name: str) -> bool:

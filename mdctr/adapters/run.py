@@ -5,6 +5,10 @@
   (``checkpoints/pretrain/``); phase 2 loads its best epoch, freezes tables and dense
   weights and trains only the adapters (``checkpoints/``). The run checks that every
   backbone tensor is bit-identical before and after phase 2 and records it in ``run.json``.
+  With ``adapters.select: per_domain`` (default) each domain keeps its adapter from the
+  epoch of its own best validation AUC, epoch 0 being the untrained (no-op) adapter, so no
+  domain ends worse than the shared model on its validation rows (``run.json``:
+  ``selected_epochs``).
 
 A config with an ``adapters:`` section is an :class:`MLoRATrainConfig`; ``mdctr train``
 dispatches on it (:func:`load_config`).
@@ -21,10 +25,10 @@ from pydantic import model_validator
 from torch import nn
 
 from mdctr.adapters.model import (
-    AdapterConfig, attach_adapters, backbone_parameter_count, freeze_backbone, is_adapter_param,
+    AdapterConfig, attach_adapters, backbone_parameter_count, freeze_backbone, is_adapter_param, is_domain_entry,
     parameter_share,
 )
-from mdctr.core.config import load_model, read_yaml
+from mdctr.core.config import load_model, read_yaml, with_overrides
 from mdctr.core.errors import ConfigError
 from mdctr.domains.spec import load_spec
 from mdctr.platform import checkpoint as ckpt
@@ -94,6 +98,14 @@ def _pretrain_config(cfg: MLoRATrainConfig) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
+def _adapter_phase_config(cfg: MLoRATrainConfig) -> MLoRATrainConfig:
+    """two_phase's adapter phase: the config with the ``adapters:`` optimizer and epochs."""
+    a = cfg.adapters
+    over = {k: v for k, v in (("optim.dense.lr", a.lr), ("optim.dense.weight_decay", a.weight_decay),
+                              ("train.epochs", a.epochs)) if v is not None}
+    return with_overrides(cfg, over, source="adapters:") if over else cfg
+
+
 def parameter_info(cfg: MLoRATrainConfig, layout: FeatureLayout) -> dict:
     """The backbone's parameters and each domain's adapter share (counted on the meta device)."""
     model = build_model(cfg, layout)
@@ -117,8 +129,9 @@ def mlora_jobs(cfg: MLoRATrainConfig, data_dir: Path, run_dir: Path, resume: boo
         return [Job(cfg, data_dir, ck, model=MLoRABuilder(), resume=resume,
                     output=RunOutput(run_dir, info, phase="joint"), **common)]
     pretrain = Job(_pretrain_config(cfg), data_dir, ck / "pretrain", resume=resume, log_dir=run_dir)
-    adapters = Job(cfg, data_dir, ck, model=MLoRABuilder(freeze=True), init=Init(ck / "pretrain", partial=True),
+    adapters = Job(_adapter_phase_config(cfg), data_dir, ck, model=MLoRABuilder(freeze=True), init=Init(ck / "pretrain", partial=True),
                    trainable=is_adapter_param, frozen=is_backbone_entry, validate_start=True,
+                   per_domain=is_domain_entry if cfg.adapters.select == "per_domain" else None,
                    resume=resume and ckpt.read_state(ck) is not None,
                    output=RunOutput(run_dir, info, history=(("pretrain", ck / "pretrain"),), phase="adapters"),
                    **common)

@@ -39,16 +39,20 @@ def list_adapters(run_dir: str | Path, extra: list[str | Path] = ()) -> list[dic
     rows = []
     if isinstance(cfg, MLoRATrainConfig):
         params = run.info.get("parameters", {})
+        selected = run.info.get("selected_epochs")
+        selected = selected if isinstance(selected, dict) else {}
         for d in cfg.train.domains or run.spec.domain_names:
+            kept = "-" if d not in selected else (f"epoch {selected[d]}" if selected[d] else "no (shared)")
             rows.append({"domain": d, "source": "run", "mode": cfg.adapters.mode, "alpha": cfg.adapters.alpha,
                          "parameters": params.get("adapter_per_domain", {}).get(d),
-                         "share": params.get("adapter_share_per_domain", {}).get(d), "rows": "-"})
+                         "share": params.get("adapter_share_per_domain", {}).get(d), "rows": "-", "kept": kept})
     for adapter_dir in extra:
         _, meta = read_adapter(adapter_dir)
         counts = meta.get("row_counts", {})
         rows.append({"domain": meta["domain"], "source": str(adapter_dir), "mode": "finetune",
                      "alpha": meta.get("alpha"), "parameters": meta["parameters"], "share": meta["parameter_share"],
-                     "rows": f"{meta.get('rows', 'none')} ({sum(counts.values()):,})" if counts else "none"})
+                     "rows": f"{meta.get('rows', 'none')} ({sum(counts.values()):,})" if counts else "none",
+                     "kept": "-"})
     return rows
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,9 +151,9 @@ def intact(directory: Path) -> bool:
         return False
 
 
-def prune(ckpt_dir: Path, state: TrainState) -> None:
-    """Remove epoch directories other than the last and the best (rank 0 only)."""
-    keep = {epoch_dir(ckpt_dir, state.last_epoch).name, epoch_dir(ckpt_dir, state.best_epoch).name}
+def prune(ckpt_dir: Path, state: TrainState, also: Iterable[int] = ()) -> None:
+    """Remove epoch directories other than the last, the best and ``also`` (rank 0 only)."""
+    keep = {epoch_dir(ckpt_dir, e).name for e in (state.last_epoch, state.best_epoch, *also)}
     for d in Path(ckpt_dir).glob("epoch-*"):
         if d.name not in keep:
             shutil.rmtree(d, ignore_errors=True)

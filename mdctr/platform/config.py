@@ -40,7 +40,8 @@ class ModelConfig(StrictModel):
     use_dense: bool = True
     embedding_dim: int = Field(default=16, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [256, 128])
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: after every hidden layer, or one value per hidden layer
+    dropout: float | list[float] = 0.0
     activation: Literal["relu", "gelu", "silu"] = "relu"
     #: table rows = min(field cardinality, max_table_rows) unless table_rows names the field
     max_table_rows: int = Field(default=1_000_000, ge=1)
@@ -53,6 +54,11 @@ class ModelConfig(StrictModel):
     def _hidden(self) -> "ModelConfig":
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError("model.hidden must list positive layer widths")
+        rates = self.dropout if isinstance(self.dropout, list) else [self.dropout]
+        if isinstance(self.dropout, list) and len(rates) != len(self.hidden):
+            raise ValueError(f"model.dropout lists {len(rates)} rates for {len(self.hidden)} hidden layers")
+        if any(not 0 <= r < 1 for r in rates):
+            raise ValueError("model.dropout rates must be in [0, 1)")
         if any(v < 1 for v in self.table_rows.values()):
             raise ValueError("model.table_rows values must be >= 1")
         return self
@@ -87,6 +93,18 @@ class OptimConfig(StrictModel):
     dense: DenseOptim = DenseOptim()
 
 
+class LRScheduleConfig(StrictModel):
+    """``train.lr_schedule``: one scale on every learning rate (dense and embedding tables)."""
+
+    #: linear warm-up over the first epochs' batches (from lr / warm-up batches to lr)
+    warmup_epochs: int = Field(default=0, ge=0)
+    #: after the warm-up: ``cosine`` to ``min_scale`` by the last epoch; ``plateau`` times
+    #: ``factor`` after every epoch that does not improve validation WAUC
+    decay: Literal["none", "cosine", "plateau"] = "none"
+    factor: float = Field(default=0.1, gt=0, lt=1)
+    min_scale: float = Field(default=0.0, ge=0, le=1)
+
+
 class TrainLoopConfig(StrictModel):
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=1024, ge=1)
@@ -107,6 +125,13 @@ class TrainLoopConfig(StrictModel):
     #: validate each epoch and keep the best (early stopping); False trains ``epochs``
     #: epochs and keeps the last (for tiny, frequent windows with no room for a hold-out)
     validation: bool = True
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+
+    @model_validator(mode="after")
+    def _plateau_needs_validation(self) -> "TrainLoopConfig":
+        if self.lr_schedule.decay == "plateau" and not self.validation:
+            raise ValueError("lr_schedule.decay: plateau needs validation (train.validation is false)")
+        return self
 
     @field_validator("domains")
     @classmethod

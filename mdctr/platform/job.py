@@ -161,6 +161,12 @@ class Job:
             a change raises.
         keep_only: keep the best epoch's copy of just these entries in memory instead of
             checkpointing every epoch (no files; cannot resume).
+        per_domain: per-domain model selection. ``per_domain(key, domain)`` names the
+            entries only ``domain``'s rows use (its adapter); each domain ends with them from
+            the epoch with its own best validation AUC (epoch 0, the start, with
+            ``validate_start``), and training stops once no domain improved for
+            ``patience`` epochs. Needs ``frozen`` (everything else must not change). The
+            assembled model is validated and checkpointed as one more epoch.
         transform: builds the batch transform on the rank.
         loss: the training loss (default BCE on the logits).
         model_domains: the model's domain names, when they differ from the data's (reading
@@ -191,6 +197,7 @@ class Job:
     trainable: Callable[[str], bool] | None = None
     frozen: Callable[[str], bool] | None = None
     keep_only: Callable[[str], bool] | None = None
+    per_domain: Callable[[str, str], bool] | None = None
     transform: TransformBuilder | None = None
     loss: LossFn | None = None
     model_domains: tuple[str, ...] | None = None
@@ -210,6 +217,8 @@ class Job:
             self.selection = Selection(t.split_kind, t.split_seed, None if t.domains is None else tuple(t.domains))
         if self.world_size is None:
             self.world_size = self.cfg.world_size
+        if self.per_domain is not None and (self.frozen is None or self.keep_only is not None):
+            raise ValueError("per-domain selection needs frozen shared entries and epoch checkpoints")
 
     def for_unit(self, unit: str | None) -> "Job":
         """The job of one unit: its domain alone and its own checkpoint directory."""

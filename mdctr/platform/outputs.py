@@ -67,6 +67,9 @@ class RunOutput:
         write_json({"history": history}, self.run_dir / "history.json")
         run = json.loads((self.run_dir / "run.json").read_text())
         run.update(self.info)
+        for r in ctx.results:  # per-domain selection: each domain's epoch (0: the untrained start)
+            if r.state.history and "selected" in r.state.history[-1]:
+                run["selected_epochs"] = r.state.history[-1]["selected"]
         if any(r.unchanged is not None for r in ctx.results):
             run["backbone_unchanged"] = all(r.unchanged for r in ctx.results)
         run.update({"finished": time.time(), "wall_seconds": round(time.time() - run["started"], 2)})

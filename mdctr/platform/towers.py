@@ -31,19 +31,24 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.G
 
 
 class MLP(nn.Module):
-    """``hidden`` Linear + activation (+ dropout) layers, then a Linear head to one logit."""
+    """``hidden`` Linear + activation (+ dropout) layers, then a Linear head to one logit.
+    ``dropout``: one rate after every hidden layer, or a list with one rate per layer."""
 
-    def __init__(self, in_features: int, hidden: list[int], *, activation: str = "relu", dropout: float = 0.0):
+    def __init__(self, in_features: int, hidden: list[int], *, activation: str = "relu",
+                 dropout: float | list[float] = 0.0):
         super().__init__()
         dims = [in_features, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.act = ACTIVATIONS[activation]()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        rates = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * len(hidden)
+        if len(rates) != len(hidden):
+            raise ValueError(f"dropout lists {len(rates)} rates for {len(hidden)} hidden layers")
+        self.dropouts = nn.ModuleList(nn.Dropout(r) if r > 0 else nn.Identity() for r in rates)
         self.head = nn.Linear(dims[-1], 1)
 
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
-        for layer in self.layers:
-            x = self.dropout(self.act(layer(x)))
+        for layer, dropout in zip(self.layers, self.dropouts):
+            x = dropout(self.act(layer(x)))
         logits = self.head(x).squeeze(-1)
         if not torch.jit.is_scripting():  # TorchScript exports serve logits only
             if return_hidden:
@@ -72,7 +77,7 @@ class Tower(Protocol):
 
 class MLPTower(nn.Module):
     def __init__(self, in_features: int, num_fields: int, embedding_dim: int, hidden: list[int], *,
-                 activation: str = "relu", dropout: float = 0.0, **_: int):
+                 activation: str = "relu", dropout: float | list[float] = 0.0, **_: int):
         super().__init__()
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
 
@@ -84,7 +89,7 @@ class DCNv2Tower(nn.Module):
     """DCN-v2 (stacked): a low-rank cross network, then the deep MLP (Wang et al., 2021)."""
 
     def __init__(self, in_features: int, num_fields: int, embedding_dim: int, hidden: list[int], *,
-                 activation: str = "relu", dropout: float = 0.0, cross_layers: int = 3, cross_rank: int = 32):
+                 activation: str = "relu", dropout: float | list[float] = 0.0, cross_layers: int = 3, cross_rank: int = 32):
         super().__init__()
         self.cross = LowRankCrossNet(in_features, num_layers=cross_layers, low_rank=min(cross_rank, in_features))
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
@@ -97,7 +102,7 @@ class DeepFMTower(nn.Module):
     """DeepFM: first-order linear term + pairwise FM over field embeddings + deep MLP."""
 
     def __init__(self, in_features: int, num_fields: int, embedding_dim: int, hidden: list[int], *,
-                 activation: str = "relu", dropout: float = 0.0, **_: int):
+                 activation: str = "relu", dropout: float | list[float] = 0.0, **_: int):
         super().__init__()
         self.linear = nn.Linear(in_features, 1)
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)

@@ -33,6 +33,7 @@ from mdctr.platform.distributed import dense_optimizer, shard, table_param_names
 from mdctr.platform.metrics import compute_metrics
 from mdctr.platform.job import Job, TrainerHooks
 from mdctr.platform.model import FeatureLayout
+from mdctr.platform.schedule import LRSchedule
 
 log = logging.getLogger("mdctr.train")
 
@@ -85,6 +86,7 @@ class Trainer:
                              if n not in tables and p.requires_grad and keep(n)}
         self.dense_opt = dense_optimizer(self.dense_params, cfg.optim.dense)
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, self.dense_opt])
+        self.schedule: LRSchedule | None = None  # made by fit() when train.lr_schedule has one
         self.transform = job.transform(layout) if job.transform is not None else None
         self.validation = cfg.train.validation
         self.train_split = job.train_split
@@ -138,7 +140,9 @@ class Trainer:
         return self._rows[split]
 
     # -- steps ---------------------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int, *, trained: int | None = None, history: list[dict] = ()) -> float:
+        """One epoch over the training rows; ``trained`` (0-based among the trained epochs,
+        default ``epoch``) and the epoch ``history`` so far place it on the lr schedule."""
         torch.manual_seed(self.cfg.train.seed * 100_003 + epoch * 101 + self.rank)
         self.model.train()
         total, count = 0.0, 0
@@ -147,7 +151,10 @@ class Trainer:
                    desc=f"epoch {epoch}", unit="batch", disable=None if self.progress else True, leave=False)
         clip = self.cfg.train.grad_clip
         params = list(self.dense_params.values())
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            if self.schedule is not None and self.schedule.set(
+                    epoch=epoch if trained is None else trained, step=step, history=history):
+                self.model.fused_optimizer.zero_grad()  # fbgemm takes the group's new lr here
             batch = batch.to(self.device, non_blocking=True)
             output = self.model(batch.sparse, batch.dense, self._model_domain(batch.domain), batch.inputs)
             loss = self.loss_fn(output, batch)
@@ -219,14 +226,20 @@ class Trainer:
                 self._end_epoch(state, 0, None, time.perf_counter())
         first = 1 if state.history and state.history[0]["train_loss"] is None else 0
         end = self.cfg.train.epochs + first
+        sched = self.cfg.train.lr_schedule
+        if sched.warmup_epochs or sched.decay != "none":
+            self.schedule = LRSchedule(sched, self.optimizer.param_groups, epochs=self.cfg.train.epochs,
+                                       steps_per_epoch=self._num_batches(self.train_split, self.batch_size))
         for epoch in range(state.next_epoch, end):
             if state.stopped:
                 break
             t0 = time.perf_counter()
-            train_loss = self.train_epoch(epoch)
+            train_loss = self.train_epoch(epoch, trained=epoch - first, history=state.history)
             self._end_epoch(state, epoch, train_loss, t0, last=epoch == end - 1)
         if state.best_epoch < 0:
             raise RuntimeError(f"{self.ckpt_dir}: no epoch finished, nothing to evaluate")
+        if self.job.per_domain is not None and not (state.history and "selected" in state.history[-1]):
+            self._assemble_domains(state)
         if self.keep_only is None:
             ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch))
         elif self._kept:
@@ -235,6 +248,43 @@ class Trainer:
                 for k, v in self._kept.items():
                     current[k].copy_(v)
         return state
+
+    # -- per-domain selection ---------------------------------------------------------------
+    def _kept_epochs(self, state: ckpt.TrainState) -> list[int]:
+        """Epochs whose checkpoints per-domain selection still needs."""
+        if self.job.per_domain is None:
+            return []
+        return [e for e, _ in domain_bests(state.history).values()]
+
+    def _assemble_domains(self, state: ckpt.TrainState) -> None:
+        """The global best epoch with every domain's own entries from its best epoch,
+        validated and checkpointed as epoch ``last + 1``, which becomes the best."""
+        base = state.best_epoch
+        ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, base))
+        selected = {}
+        for domain, (epoch, _) in sorted(domain_bests(state.history).items()):
+            selected[domain] = epoch
+            if epoch != base:
+                ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, epoch),
+                          exclude=lambda key, d=domain: not self.job.per_domain(key, d))
+        epoch = state.last_epoch + 1
+        t0 = time.perf_counter()
+        valid = self.evaluate("valid")
+        ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
+        state.last_epoch = state.best_epoch = epoch
+        state.best_wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
+        state.stopped = True
+        state.history.append({"epoch": epoch, "train_loss": None, "valid_auc": valid["auc"],
+                              "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
+                              "seconds": round(time.perf_counter() - t0, 2),
+                              "valid_domain_auc": {d: m["auc"] for d, m in (valid.get("domains") or {}).items()},
+                              "selected": selected})
+        if self.rank == 0:
+            ckpt.write_state(self.ckpt_dir, state)
+            ckpt.prune(self.ckpt_dir, state, self._kept_epochs(state))
+            log.info("per-domain selection: %s  valid wauc %s", ", ".join(f"{d} epoch {e}" for d, e in
+                                                                       selected.items()), valid["wauc"])
+        ckpt.barrier()
 
     def _intact_resume_point(self, state: ckpt.TrainState) -> ckpt.TrainState:
         """The state to resume from: the last epoch if its checkpoint is intact, else the
@@ -262,6 +312,12 @@ class Trainer:
         else:  # no validation: the latest epoch is the model
             valid = {"auc": None, "wauc": None, "logloss": None}
             wauc, improved = float("-inf"), True
+        domain_improved = False
+        if self.job.per_domain is not None:
+            before = domain_bests(state.history)
+            domain_improved = any(m.get("auc") is not None and m["auc"] == m["auc"] and
+                                  (d not in before or m["auc"] > before[d][1])
+                                  for d, m in (valid.get("domains") or {}).items())
         checkpoint = None
         if self.keep_only is None:
             checkpoint = ckpt.epoch_dir(self.ckpt_dir, epoch)
@@ -273,25 +329,39 @@ class Trainer:
             self._kept = {k: v.detach().clone() for k, v in kept.items()}
         state.last_epoch = epoch
         if improved:
-            state.best_epoch, state.best_wauc, state.bad_epochs = epoch, wauc, 0
-        else:
-            state.bad_epochs += 1
+            state.best_epoch, state.best_wauc = epoch, wauc
+        state.bad_epochs = 0 if improved or domain_improved else state.bad_epochs + 1
         record = {"epoch": epoch, "train_loss": None if train_loss is None else round(train_loss, 6),
                   "valid_auc": valid["auc"], "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
                   "seconds": round(time.perf_counter() - t0, 2)}
+        if valid.get("domains") and len(valid["domains"]) > 1:
+            record["valid_domain_auc"] = {d: m["auc"] for d, m in valid["domains"].items()}
         state.history.append(record)
         hook_stop = bool(self.hooks.on_epoch_end(epoch, dict(record), checkpoint))
         state.stopped = state.bad_epochs >= self.cfg.train.patience or last or hook_stop
         if self.rank == 0:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_state(self.ckpt_dir, state)
-            ckpt.prune(self.ckpt_dir, state)
+            ckpt.prune(self.ckpt_dir, state, self._kept_epochs(state))
             if hook_stop:
                 log.info("stopped by a hook after epoch %d", epoch)
             loss = "(start)" if train_loss is None else f"train_loss {train_loss:.5f}"
             log.info("epoch %d  %s  valid auc %s wauc %s logloss %s  (%.1fs)%s", epoch, loss, valid["auc"],
                      valid["wauc"], valid["logloss"], state.history[-1]["seconds"], "  *best" if improved else "")
         ckpt.barrier()
+
+
+def domain_bests(history: list[dict]) -> dict[str, tuple[int, float]]:
+    """Each domain's best epoch and validation AUC in an epoch ``history`` (the first epoch
+    of the highest AUC; epochs without the domain's AUC, e.g. one class only, are skipped)."""
+    best: dict[str, tuple[int, float]] = {}
+    for record in history:
+        if "selected" in record:
+            continue
+        for domain, auc in (record.get("valid_domain_auc") or {}).items():
+            if auc is not None and auc == auc and (domain not in best or auc > best[domain][1]):
+                best[domain] = (record["epoch"], auc)
+    return best
 
 
 def _all_gather(t: torch.Tensor) -> torch.Tensor:

@@ -57,10 +57,19 @@ def test_two_phase_freezes_tables_and_backbone_bit_identically(two_phase):
     assert any("embedding_bags" in k for k in backbone) and any("tower" in k for k in backbone)
     for k in backbone:
         assert torch.equal(before[k], after[k]), k
-    last = load_dcp(ckpt.epoch_dir(out / "checkpoints", post.last_epoch))
-    adapters = [k for k in last if "lora_B" in k]
-    assert adapters and any(last[k].abs().sum() > 0 for k in adapters)  # adapters did train
     assert post.history[0]["train_loss"] is None  # the zero-adapter start competed as epoch 0
+    # per-domain selection: each domain's adapter is the one of its recorded epoch (kept on disk)
+    selected = run["selected_epochs"]
+    assert post.history[-1]["selected"] == selected and set(selected) == {"F", "M"}
+    assert post.best_epoch == post.last_epoch == 3  # the start, 2 epochs, then the assembled model
+    for domain, epoch in selected.items():
+        chosen = load_dcp(ckpt.epoch_dir(out / "checkpoints", epoch))
+        mine = [k for k in after if "lora_" in k and k.endswith(f".{domain}")]
+        assert mine and all(torch.equal(after[k], chosen[k]) for k in mine), domain
+        if epoch == 0:  # the untrained adapter: B and b zero, a no-op
+            assert all(after[k].abs().sum() == 0 for k in mine if "lora_B" in k or "lora_bias" in k)
+    trained = [h for h in post.history if h["train_loss"] is not None]
+    assert len(trained) == 2 and all(set(h["valid_domain_auc"]) == {"F", "M"} for h in trained)
     # parameter accounting: hidden [64, 32] -> ranks 8 and 4
     per_domain = run["parameters"]["adapter_per_domain"]["F"]
     assert per_domain == (128 * 8 + 8 * 64 + 64) + (64 * 4 + 4 * 32 + 32)
@@ -160,6 +169,65 @@ def test_adapter_config_is_validated():
         AdapterConfig(mode="sideways")
     with pytest.raises(ValueError):
         AdapterConfig(alpha=0)
+    for key, value in (("lr", 1e-4), ("epochs", 3), ("select", "global"), ("pretrain_epochs", 2)):
+        with pytest.raises(ValueError, match=f"adapters.{key} applies to mode two_phase only"):
+            AdapterConfig(mode="joint", **{key: value})
+    AdapterConfig(**AdapterConfig(mode="joint").model_dump())  # a dumped joint config loads
+
+
+def test_per_domain_selection_keeps_each_domains_best_adapter_epoch(data, tmp_path):
+    """Each domain ends with its adapter from the epoch of its own best validation AUC (here
+    F: epoch 2, M: the untrained start); training goes on while any domain improves; the
+    assembled model is validated and checkpointed as the best epoch; the backbone is as it was."""
+    from mdctr.adapters.model import is_domain_entry
+    from mdctr.adapters.run import MLoRABuilder, is_backbone_entry
+    from mdctr.domains.spec import load_spec
+    from mdctr.platform.distributed import launch
+    from mdctr.platform.job import Job
+    from mdctr.platform.model import feature_layout
+    from mdctr.platform.trainer import Trainer, frozen_entries, same_tensors
+
+    cfg = config(data, epochs=6, patience=2)
+    layout = feature_layout(load_spec(data), cfg.model, cfg.baseline)
+    # (F, M) validation AUC at epochs 0 (start) .. 4; F improves until 2, M never beats the start;
+    # no domain improves at epochs 3 and 4 -> patience 2 stops there; then the assembled model
+    scores = iter([(0.70, 0.80), (0.71, 0.79), (0.74, 0.78), (0.73, 0.77), (0.72, 0.79), (0.74, 0.80)])
+    out = {}
+
+    def work(rank, world):
+        job = Job(cfg, data, tmp_path / "ck", model=MLoRABuilder(freeze=True), frozen=is_backbone_entry,
+                  per_domain=is_domain_entry, validate_start=True, group_domains=True, progress=False,
+                  trainable=lambda n: "lora_" in n)
+        trainer = Trainer(job, layout.reader(data), layout)
+        real = trainer.evaluate
+
+        def evaluate(split):
+            if split != "valid":
+                return real(split)
+            f, m = next(scores)
+            return {"auc": None, "wauc": (f + 3 * m) / 4, "logloss": None,
+                    "domains": {"F": {"auc": f}, "M": {"auc": m}}}
+
+        trainer.evaluate = evaluate
+        before = frozen_entries(trainer.model, is_backbone_entry)
+        out["state"] = trainer.fit(validate_start=True)
+        out["final"] = {k: v.clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
+        out["backbone_same"] = same_tensors(before, frozen_entries(trainer.model, is_backbone_entry))
+
+    launch(work, 1)
+    state = out["state"]
+    assert [h["epoch"] for h in state.history] == [0, 1, 2, 3, 4, 5] and state.stopped
+    assert state.history[-1]["selected"] == {"F": 2, "M": 0} and state.history[-1]["train_loss"] is None
+    assert (state.best_epoch, state.last_epoch, state.best_wauc) == (5, 5, pytest.approx((0.74 + 3 * 0.80) / 4))
+    assert out["backbone_same"]
+    kept = sorted(p.name for p in (tmp_path / "ck").glob("epoch-*"))
+    assert kept == ["epoch-0000", "epoch-0002", "epoch-0005"]  # each domain's best, and the assembled
+    f2, start = load_dcp(tmp_path / "ck" / "epoch-0002"), load_dcp(tmp_path / "ck" / "epoch-0000")
+    for k, v in out["final"].items():
+        source = f2 if k.endswith(".F") else start
+        assert torch.equal(v, source[k.replace("_dmp_wrapped_module.", "")] if k not in source else source[k]), k
+    assert any(out["final"][k].abs().sum() > 0 for k in out["final"] if "lora_B" in k and k.endswith(".F"))
+    assert all(out["final"][k].abs().sum() == 0 for k in out["final"] if "lora_B" in k and k.endswith(".M"))
 
 
 @pytest.mark.parametrize("domain", [None, "F"])

@@ -288,3 +288,70 @@ def test_embedding_l2_penalises_the_batchs_pooled_embeddings(ml_gender, make_con
     assert strong["wauc"] != shared_run[1]["wauc"] and strong["wauc"] > 0.7
     with pytest.raises(Exception, match="embedding_l2"):
         make_config(ml_gender, train={"embedding_l2": -1.0})
+
+
+def _kernel_learning_rates(trainer) -> list[float]:
+    """The learning rates fbgemm's table kernels will use (what the fused optimizer set)."""
+    return [em._emb_module.get_learning_rate() for lookup in trainer.net.ebc._lookups for em in lookup._emb_modules]
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_lr_schedule_scales_dense_and_table_learning_rates(ml_gender, tmp_path, make_config, schedule):
+    """``train.lr_schedule``: every learning rate (Adam's and the fbgemm table kernels') is
+    its configured value times the schedule's scale; plateau halves it after each epoch that
+    does not beat the best validation WAUC, cosine follows the warm-up and decay curve."""
+    from mdctr.domains.spec import load_spec
+    from mdctr.platform.distributed import launch
+    from mdctr.platform.job import Job
+    from mdctr.platform.model import feature_layout
+    from mdctr.platform.schedule import lr_scale
+    from mdctr.platform.trainer import Trainer
+
+    sched = ({"decay": "plateau", "factor": 0.5} if schedule == "plateau"
+             else {"warmup_epochs": 1, "decay": "cosine", "min_scale": 0.1})
+    cfg = make_config(ml_gender, train={"epochs": 4, "patience": 4, "lr_schedule": sched},
+                      optim={"embedding": {"lr": 0.04}, "dense": {"lr": 0.002}})
+    layout = feature_layout(load_spec(ml_gender), cfg.model, cfg.baseline)
+    out = {"dense": [], "tables": [], "steps": None}
+
+    def work(rank, world):
+        trainer = Trainer(Job(cfg, ml_gender, tmp_path / "ck", progress=False), layout.reader(ml_gender), layout)
+        scores = iter([0.80, 0.70, 0.75, 0.90])
+        trainer.evaluate = lambda split: {"auc": None, "wauc": next(scores), "logloss": None}
+        real = trainer.train_epoch
+
+        def train_epoch(epoch, **kw):
+            loss = real(epoch, **kw)
+            out["dense"].append(trainer.dense_opt.param_groups[0]["lr"])
+            out["tables"].append(_kernel_learning_rates(trainer))
+            return loss
+
+        trainer.train_epoch = train_epoch
+        trainer.fit()
+        out["steps"] = trainer.schedule.steps_per_epoch
+
+    launch(work, 1)
+    if schedule == "plateau":  # the scale a training epoch ran with: cuts after epochs 1 and 2
+        scales = [1.0, 1.0, 0.5, 0.25]
+    else:
+        scales = [lr_scale(cfg.train.lr_schedule, epoch=e, step=out["steps"] - 1, steps_per_epoch=out["steps"],
+                           epochs=4, history=[]) for e in range(4)]
+        assert scales[0] == 1.0 and 0.1 < scales[3] < scales[2] < scales[1] < 1.0
+    assert out["dense"] == pytest.approx([0.002 * s for s in scales])
+    assert all(rates and all(r == pytest.approx(0.04 * s) for r in rates) for rates, s in zip(out["tables"], scales))
+
+
+def test_dropout_per_hidden_layer(ml_gender, make_config):
+    from torch import nn
+
+    from mdctr.platform.towers import MLP
+
+    mlp = MLP(8, [4, 4, 2], dropout=[0.1, 0.0, 0.3])
+    assert [type(d) for d in mlp.dropouts] == [nn.Dropout, nn.Identity, nn.Dropout]
+    assert [d.p for d in mlp.dropouts if isinstance(d, nn.Dropout)] == [0.1, 0.3]
+    assert all(d.p == 0.2 for d in MLP(8, [4, 4], dropout=0.2).dropouts)
+    assert make_config(ml_gender, model={"hidden": [64, 32], "dropout": [0.2, 0.1]}).model.dropout == [0.2, 0.1]
+    with pytest.raises(ValueError, match="model.dropout lists 1 rates for 2 hidden layers"):
+        make_config(ml_gender, model={"hidden": [64, 32], "dropout": [0.2]})
+    with pytest.raises(ValueError, match=r"model.dropout rates must be in \[0, 1\)"):
+        make_config(ml_gender, model={"hidden": [64, 32], "dropout": [0.2, 1.0]})
