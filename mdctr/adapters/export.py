@@ -40,7 +40,7 @@ from mdctr.core.errors import ArtifactError, ConfigError
 from mdctr.core.io import atomic_dir, check_output
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.history import HistoryPooling, HistorySpec
-from mdctr.platform.model import FeatureLayout, table_entry
+from mdctr.platform.model import FeatureLayout, table_entry, tower_options
 from mdctr.platform.towers import MLP, build_tower
 
 def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -212,9 +212,8 @@ def build_inference_model(run_dir: Path, *, domain: str | None, adapters: list[P
     history_width = 0 if history is None else len(history.entities) * history.dim
     tower = build_tower(cfg.model.tower, in_features=len(layout.keys) * cfg.model.embedding_dim + layout.dense_dim
                         + history_width,
-                        num_fields=len(layout.keys), embedding_dim=cfg.model.embedding_dim, hidden=cfg.model.hidden,
-                        activation=cfg.model.activation, dropout=0.0, cross_layers=cfg.model.cross_layers,
-                        cross_rank=cfg.model.cross_rank)
+                        num_fields=len(layout.keys), embedding_dim=cfg.model.embedding_dim,
+                        **tower_options(cfg.model, dropout=False))
     tower.load_state_dict({k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.") and "lora_" not in k})
     routed = None
     if domain is not None:

@@ -33,7 +33,7 @@ class Baseline(str, Enum):
 
 
 class ModelConfig(StrictModel):
-    tower: Literal["mlp", "dcnv2", "deepfm"] = "mlp"
+    tower: Literal["mlp", "dcnv2", "deepfm", "finalmlp"] = "mlp"
     #: the sparse and multi-hot fields the model embeds (default: every one of the data)
     fields: list[str] | None = None
     #: feed the data's dense features to the tower
@@ -49,6 +49,11 @@ class ModelConfig(StrictModel):
     #: DCNv2 cross layers and the rank of their low-rank weights
     cross_layers: int = Field(default=3, ge=1)
     cross_rank: int = Field(default=32, ge=1)
+    #: FinalMLP: heads of the bilinear fusion of its two streams (must divide the last
+    #: hidden width; each head pairs H / heads units of one stream with the other's)
+    fusion_heads: int = Field(default=1, ge=1)
+    #: FinalMLP: gate each stream's input by 2 * sigmoid(Linear(input)), its own gate per stream
+    feature_gating: bool = True
 
     @model_validator(mode="after")
     def _hidden(self) -> "ModelConfig":
@@ -61,6 +66,9 @@ class ModelConfig(StrictModel):
             raise ValueError("model.dropout rates must be in [0, 1)")
         if any(v < 1 for v in self.table_rows.values()):
             raise ValueError("model.table_rows values must be >= 1")
+        if self.tower == "finalmlp" and self.hidden[-1] % self.fusion_heads:
+            raise ValueError(f"model.fusion_heads ({self.fusion_heads}) must divide the last hidden width "
+                             f"model.hidden[-1] ({self.hidden[-1]})")
         return self
 
 

@@ -66,6 +66,13 @@ def feature_layout(spec: DatasetSpec, cfg: ModelConfig, baseline: Baseline) -> F
     return FeatureLayout(keys, rows, pooling, dense_dim, spec.domain_names)
 
 
+def tower_options(cfg: ModelConfig, *, dropout: bool = True) -> dict:
+    """The ``model:`` settings a tower is built with (``dropout=False``: none, for serving)."""
+    return dict(hidden=cfg.hidden, activation=cfg.activation, dropout=cfg.dropout if dropout else 0.0,
+                cross_layers=cfg.cross_layers, cross_rank=cfg.cross_rank, fusion_heads=cfg.fusion_heads,
+                feature_gating=cfg.feature_gating)
+
+
 class SeededUniformInit:
     """Table init that does not depend on where the table lands: U(-1/sqrt(rows), 1/sqrt(rows))
     drawn from a generator seeded by (seed, table name), each shard taking its own slice. So
@@ -139,8 +146,7 @@ class CTRModel(nn.Module):
                                           device=torch.device(device))
         in_features = self.num_fields * cfg.embedding_dim + layout.dense_dim
         self.tower = build_tower(cfg.tower, in_features=in_features, num_fields=self.num_fields,
-                                 embedding_dim=cfg.embedding_dim, hidden=cfg.hidden, activation=cfg.activation,
-                                 dropout=cfg.dropout, cross_layers=cfg.cross_layers, cross_rank=cfg.cross_rank)
+                                 embedding_dim=cfg.embedding_dim, **tower_options(cfg))
 
     def pooled(self, sparse: KeyedJaggedTensor, domain: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings, (B, F * D), fields in ``layout.keys`` order."""

@@ -248,6 +248,28 @@ def test_exported_torchscript_matches_the_trained_model(two_phase, data, tmp_pat
     torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
 
 
+def test_exported_finalmlp_with_its_own_settings_matches_the_trained_model(data, tmp_path):
+    """The export builds the tower from every ``model:`` setting (here FinalMLP's heads and
+    gating), so a non-default tower loads its weights and serves the trained logits."""
+    from mdctr.adapters.export import export
+    from mdctr.domains.batching import DatasetReader
+    from mdctr.platform.config import TrainConfig
+    from mdctr.platform.run import train as train_plain
+
+    cfg = TrainConfig.model_validate({
+        "data": str(data), "model": {"tower": "finalmlp", "hidden": [64, 32], "fusion_heads": 2,
+                                     "feature_gating": False},
+        "train": {"epochs": 1, "batch_size": 1024, "seed": 0}})
+    train_plain(cfg, tmp_path / "run")
+    export(tmp_path / "run", tmp_path / "artifact", domain="F")
+    scripted = torch.jit.load(str(tmp_path / "artifact" / "model.pt"))
+    want = predict(tmp_path / "run", data, domains=["F"])
+    got = torch.cat([scripted(b.sparse.values(), b.sparse.lengths(), b.dense, b.domain)
+                     for b in DatasetReader(data).batches("test", Selection(domains=("F",)), batch_size=4096,
+                                                         shuffle=False)])
+    torch.testing.assert_close(got, want["logits"], rtol=0, atol=1e-5)
+
+
 def test_scripted_id_map_equals_numpy_rule():
     import numpy as np
 

@@ -111,7 +111,7 @@ def test_baselines(ml_gender, tmp_path, baseline, make_config):
         assert cfg["baseline"] == "shared_domain_feature"
 
 
-@pytest.mark.parametrize("tower", ["dcnv2", "deepfm"])
+@pytest.mark.parametrize("tower", ["dcnv2", "deepfm", "finalmlp"])
 def test_other_towers_train(ml_gender, tmp_path, tower, make_config):
     m = train(make_config(ml_gender, model={"tower": tower}, train={"epochs": 2}), tmp_path / tower)
     assert m["auc"] > 0.75

@@ -1,0 +1,154 @@
+"""The towers side by side (MLP, DCNv2, DeepFM, FinalMLP) on MovieLens-100K's three user splits.
+
+Every tower runs one config, unchanged on every split and seed except ``data:`` (and
+``model.tower``): by default ``configs/movielens_gender_shared.yaml`` with ``model.tower``
+replaced, or a tuned config of its own (``--config finalmlp=PATH``; its ``model.tower`` must
+be that tower). A config's ``tune:`` section is dropped. Splits: ``gender`` (F/M), ``age3``
+(under-25, 25-34, 35+), ``occupation`` (21 domains). Seed s uses split seed s and
+initialisation seed s (default 0-4).
+
+Prints per split the per-domain test AUC of each tower (mean over seeds), then one table:
+test AUC and WAUC mean +- std over seeds, parameters (tables + tower, and the tower alone),
+seconds per training epoch (mean over every epoch of every seed, from the run's
+``history.json``) and each seed's best (kept) epoch. Last line: one JSON object
+``{tower: {split: {"auc_mean", "auc_std", "wauc_mean", "wauc_std", "params",
+"tower_params", "sec_per_epoch", "best_epochs"}}}``.
+
+Usage: python benchmarks/model_zoo.py [--towers mlp dcnv2 deepfm finalmlp]
+       [--splits gender age3 occupation] [--seeds 0 1 2 3 4] [--epochs N]
+       [--config TOWER=PATH ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mdctr.adapters.run import load_config, train
+from mdctr.core.config import with_overrides
+from mdctr.domains.datasets import resolve_data
+from mdctr.domains.spec import load_spec
+from mdctr.platform.config import TrainConfig
+from mdctr.platform.model import CTRModel, feature_layout
+from mdctr.platform.towers import TOWERS
+from _seed_table import summarise
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "movielens_gender_shared.yaml"
+SPLITS = {"gender": "movielens-100k:gender", "age3": "movielens-100k:age3",
+          "occupation": "movielens-100k:occupation"}
+
+
+def tower_configs(towers: list[str], given: list[str]) -> dict[str, tuple[Path, TrainConfig]]:
+    """Each tower's config file and config (``tune:`` dropped, ``model.tower`` the tower)."""
+    paths = dict.fromkeys(towers, DEFAULT_CONFIG)
+    for item in given:
+        tower, sep, path = item.partition("=")
+        if not sep or tower not in towers:
+            raise SystemExit(f"--config {item}: expected TOWER=PATH with TOWER one of {', '.join(towers)}")
+        paths[tower] = Path(path)
+    out = {}
+    for tower, path in paths.items():
+        cfg = load_config(path).model_copy(update={"tune": None})
+        if path != DEFAULT_CONFIG and cfg.model.tower != tower:
+            raise SystemExit(f"--config {tower}={path}: its model.tower is {cfg.model.tower}, not {tower}")
+        out[tower] = (path, with_overrides(cfg, {"model.tower": tower}, source=str(path)))
+    return out
+
+
+def split_config(cfg: TrainConfig, split: str, epochs: int | None) -> TrainConfig:
+    over = {"data": SPLITS[split]}
+    if epochs is not None:
+        over["train.epochs"] = epochs
+    return with_overrides(cfg, over)
+
+
+def parameter_counts(cfg: TrainConfig) -> tuple[int, int]:
+    """(every parameter of the model, the tower's) as ``CTRModel`` builds it for ``cfg``."""
+    layout = feature_layout(load_spec(resolve_data(cfg.data)), cfg.model, cfg.baseline)
+    model = CTRModel(layout, cfg.model, device="cpu")
+    return (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.tower.parameters()))
+
+
+def epoch_record(run_dir: Path) -> tuple[list[float], int | None]:
+    """Seconds of every epoch of the run (every phase) and the best epoch of its last phase
+    (highest validation WAUC, the first on ties, as the trainer keeps it; without
+    validation: the last epoch)."""
+    history = json.loads((run_dir / "history.json").read_text())["history"]
+    seconds = [e["seconds"] for entries in history.values() for e in entries if "seconds" in e]
+    last = list(history.values())[-1] if history else []
+    if not last:
+        return seconds, None
+    if all("valid_wauc" in e for e in last):
+        best = max(last, key=lambda e: e["valid_wauc"])  # max keeps the first of equal scores
+    else:
+        best = last[-1]
+    return seconds, best["epoch"]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--towers", nargs="+", default=["mlp", "dcnv2", "deepfm", "finalmlp"], choices=list(TOWERS))
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs (quick smoke runs)")
+    p.add_argument("--config", action="append", default=[], metavar="TOWER=PATH",
+                   help="a tower's own (tuned) config instead of the default one; repeatable")
+    args = p.parse_args()
+    configs = tower_configs(args.towers, args.config)
+    for tower, (path, _) in configs.items():
+        print(f"{tower:<10}{path}", flush=True)
+    results: dict = {s: {} for s in args.splits}  # split -> tower -> metrics per seed
+    rows: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for tower, (_, base) in configs.items():
+            rows[tower] = {}
+            for split in args.splits:
+                cfg = split_config(base, split, args.epochs)
+                params, tower_params = parameter_counts(cfg)
+                runs, seconds, best = [], [], []
+                for seed in args.seeds:
+                    t0 = time.perf_counter()
+                    out = Path(tmp) / f"{tower}-{split}-{seed}"
+                    m = train(cfg, out, split_seed=seed, seed=seed)
+                    secs, b = epoch_record(out)
+                    runs.append(m)
+                    seconds += secs
+                    best.append(b)
+                    print(f"{tower:<10}{split:<12}seed {seed}  WAUC {m['wauc']:.4f}  AUC {m['auc']:.4f}  "
+                          f"best epoch {b}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                results[split][tower] = runs
+                auc, auc_sd = mean_std([r["auc"] for r in runs])
+                wauc, wauc_sd = mean_std([r["wauc"] for r in runs])
+                rows[tower][split] = {
+                    "auc_mean": round(auc, 5), "auc_std": round(auc_sd, 5),
+                    "wauc_mean": round(wauc, 5), "wauc_std": round(wauc_sd, 5),
+                    "params": params, "tower_params": tower_params,
+                    "sec_per_epoch": round(statistics.mean(seconds), 3) if seconds else None,
+                    "best_epochs": best,
+                }
+    summarise(results, args.seeds)
+    print(f"\n== test AUC and WAUC (mean +- std over seeds {args.seeds}), parameters, seconds per epoch")
+    print(f"{'tower':<10}{'split':<12}{'AUC':>17}{'WAUC':>19}{'params':>12}{'tower':>10}{'s/epoch':>9}"
+          f"  best epochs")
+    for tower, by_split in rows.items():
+        for split, r in by_split.items():
+            spe = f"{r['sec_per_epoch']:.2f}" if r["sec_per_epoch"] is not None else "-"
+            print(f"{tower:<10}{split:<12}{r['auc_mean']:>8.4f} +- {r['auc_std']:.4f}"
+                  f"{r['wauc_mean']:>10.4f} +- {r['wauc_std']:.4f}{r['params']:>12,}{r['tower_params']:>10,}"
+                  f"{spe:>9}  {' '.join(str(b) for b in r['best_epochs'])}")
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
