@@ -12,7 +12,8 @@ test AUC and WAUC mean +- std over seeds, parameters (tables + tower, and the to
 seconds per training epoch (mean over every epoch of every seed, from the run's
 ``history.json``) and each seed's best (kept) epoch. Last line: one JSON object
 ``{tower: {split: {"auc_mean", "auc_std", "wauc_mean", "wauc_std", "params",
-"tower_params", "sec_per_epoch", "best_epochs"}}}``.
+"tower_params", "sec_per_epoch", "best_epochs", "valid_wauc_mean"}}}`` (the last: the kept
+epoch's validation WAUC, mean over seeds: what a choice between configs may look at).
 
 Usage: python benchmarks/model_zoo.py [--towers mlp dcnv2 deepfm finalmlp]
        [--splits gender age3 occupation] [--seeds 0 1 2 3 4] [--epochs N]
@@ -75,20 +76,20 @@ def parameter_counts(cfg: TrainConfig) -> tuple[int, int]:
     return (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.tower.parameters()))
 
 
-def epoch_record(run_dir: Path) -> tuple[list[float], int | None]:
-    """Seconds of every epoch of the run (every phase) and the best epoch of its last phase
+def epoch_record(run_dir: Path) -> tuple[list[float], int | None, float | None]:
+    """Seconds of every epoch of the run (every phase), the best epoch of its last phase
     (highest validation WAUC, the first on ties, as the trainer keeps it; without
-    validation: the last epoch)."""
+    validation: the last epoch) and that epoch's validation WAUC."""
     history = json.loads((run_dir / "history.json").read_text())["history"]
     seconds = [e["seconds"] for entries in history.values() for e in entries if "seconds" in e]
     last = list(history.values())[-1] if history else []
     if not last:
-        return seconds, None
+        return seconds, None, None
     if all("valid_wauc" in e for e in last):
         best = max(last, key=lambda e: e["valid_wauc"])  # max keeps the first of equal scores
     else:
         best = last[-1]
-    return seconds, best["epoch"]
+    return seconds, best["epoch"], best.get("valid_wauc")
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -115,15 +116,16 @@ def main() -> int:
             for split in args.splits:
                 cfg = split_config(base, split, args.epochs)
                 params, tower_params = parameter_counts(cfg)
-                runs, seconds, best = [], [], []
+                runs, seconds, best, valid = [], [], [], []
                 for seed in args.seeds:
                     t0 = time.perf_counter()
                     out = Path(tmp) / f"{tower}-{split}-{seed}"
                     m = train(cfg, out, split_seed=seed, seed=seed)
-                    secs, b = epoch_record(out)
+                    secs, b, v = epoch_record(out)
                     runs.append(m)
                     seconds += secs
                     best.append(b)
+                    valid.append(v)
                     print(f"{tower:<10}{split:<12}seed {seed}  WAUC {m['wauc']:.4f}  AUC {m['auc']:.4f}  "
                           f"best epoch {b}  ({time.perf_counter() - t0:.0f} s)", flush=True)
                 results[split][tower] = runs
@@ -135,16 +137,18 @@ def main() -> int:
                     "params": params, "tower_params": tower_params,
                     "sec_per_epoch": round(statistics.mean(seconds), 3) if seconds else None,
                     "best_epochs": best,
+                    "valid_wauc_mean": round(statistics.mean(valid), 5) if None not in valid else None,
                 }
     summarise(results, args.seeds)
     print(f"\n== test AUC and WAUC (mean +- std over seeds {args.seeds}), parameters, seconds per epoch")
-    print(f"{'tower':<10}{'split':<12}{'AUC':>17}{'WAUC':>19}{'params':>12}{'tower':>10}{'s/epoch':>9}"
-          f"  best epochs")
+    print(f"{'tower':<10}{'split':<12}{'AUC':>17}{'WAUC':>19}{'valid WAUC':>11}{'params':>12}{'tower':>10}"
+          f"{'s/epoch':>9}  best epochs")
     for tower, by_split in rows.items():
         for split, r in by_split.items():
             spe = f"{r['sec_per_epoch']:.2f}" if r["sec_per_epoch"] is not None else "-"
             print(f"{tower:<10}{split:<12}{r['auc_mean']:>8.4f} +- {r['auc_std']:.4f}"
-                  f"{r['wauc_mean']:>10.4f} +- {r['wauc_std']:.4f}{r['params']:>12,}{r['tower_params']:>10,}"
+                  f"{r['wauc_mean']:>10.4f} +- {r['wauc_std']:.4f}{r['valid_wauc_mean'] or float('nan'):>11.4f}"
+                  f"{r['params']:>12,}{r['tower_params']:>10,}"
                   f"{spe:>9}  {' '.join(str(b) for b in r['best_epochs'])}")
     print(json.dumps(rows))
     return 0
