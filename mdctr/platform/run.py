@@ -110,7 +110,14 @@ def resolve_config(config: str | Path | TrainConfig, *, world_size: int | None =
 
 
 def check_training_data(cfg: TrainConfig, data_dir: Path) -> DatasetSpec:
-    """Config/data mismatches fail before any output."""
+    """Config/data mismatches (and, for ranks on this machine, settings its fbgemm kernels
+    cannot run) fail before any output."""
+    if cfg.resources.workers <= 1:
+        import torch
+
+        from mdctr.platform.distributed import check_embedding_optim
+
+        check_embedding_optim(cfg.optim.embedding, "cuda" if torch.cuda.is_available() else "cpu")
     spec, _ = validate_dataset(data_dir)
     try:
         feature_layout(spec, cfg.model, cfg.baseline)
