@@ -36,6 +36,10 @@ class AdapterConfig(StrictModel):
     #: validation AUC (the untrained, no-op adapter if none beats the shared model);
     #: ``global``: every adapter from the epoch of the best validation WAUC
     select: Literal["per_domain", "global"] = "per_domain"
+    #: per_domain: a domain keeps a trained adapter only if its validation AUC beats the
+    #: shared model's by more than this many standard errors of that AUC (Hanley-McNeil, from
+    #: the domain's validation positives and negatives); 0 keeps any gain
+    min_gain_se: float = Field(default=1.0, ge=0)
     #: two_phase's adapter phase: its dense learning rate, weight decay and epochs
     #: (default: optim.dense.lr, optim.dense.weight_decay, train.epochs)
     lr: float | None = Field(default=None, gt=0)
@@ -45,7 +49,7 @@ class AdapterConfig(StrictModel):
     @model_validator(mode="after")
     def _two_phase_only(self) -> "AdapterConfig":
         if self.mode == "joint":
-            given = [k for k in ("pretrain_epochs", "select", "lr", "weight_decay", "epochs")
+            given = [k for k in ("pretrain_epochs", "select", "min_gain_se", "lr", "weight_decay", "epochs")
                      if getattr(self, k) != type(self).model_fields[k].default]
             if given:
                 raise ValueError(f"adapters.{given[0]} applies to mode two_phase only (joint trains the "

@@ -132,6 +132,7 @@ def mlora_jobs(cfg: MLoRATrainConfig, data_dir: Path, run_dir: Path, resume: boo
     adapters = Job(_adapter_phase_config(cfg), data_dir, ck, model=MLoRABuilder(freeze=True), init=Init(ck / "pretrain", partial=True),
                    trainable=is_adapter_param, frozen=is_backbone_entry, validate_start=True,
                    per_domain=is_domain_entry if cfg.adapters.select == "per_domain" else None,
+                   per_domain_margin=cfg.adapters.min_gain_se,
                    resume=resume and ckpt.read_state(ck) is not None,
                    output=RunOutput(run_dir, info, history=(("pretrain", ck / "pretrain"),), phase="adapters"),
                    **common)

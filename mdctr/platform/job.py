@@ -167,6 +167,9 @@ class Job:
             ``validate_start``), and training stops once no domain improved for
             ``patience`` epochs. Needs ``frozen`` (everything else must not change). The
             assembled model is validated and checkpointed as one more epoch.
+        per_domain_margin: per-domain selection keeps a later epoch of a domain only if
+            its validation AUC beats the domain's first epoch by more than this many
+            standard errors (:func:`~mdctr.platform.trainer.domain_bests`).
         transform: builds the batch transform on the rank.
         loss: the training loss (default BCE on the logits).
         model_domains: the model's domain names, when they differ from the data's (reading
@@ -198,6 +201,7 @@ class Job:
     frozen: Callable[[str], bool] | None = None
     keep_only: Callable[[str], bool] | None = None
     per_domain: Callable[[str, str], bool] | None = None
+    per_domain_margin: float = 0.0
     transform: TransformBuilder | None = None
     loss: LossFn | None = None
     model_domains: tuple[str, ...] | None = None

@@ -34,6 +34,21 @@ def _logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(F.binary_cross_entropy_with_logits(logits.double(), labels.double()))
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC measured on ``positives`` and
+    ``negatives`` examples: how far apart two AUCs on rows this few may be by chance.
+
+    >>> round(auc_standard_error(0.78, 500, 400), 4), round(auc_standard_error(0.78, 50, 40), 4)
+    (0.0151, 0.0481)
+    """
+    if positives < 1 or negatives < 1:
+        return float("inf")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) \
+        / (positives * negatives)
+    return math.sqrt(max(var, 0.0))
+
+
 def _r(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
@@ -50,7 +65,8 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, domain: torch.Te
         if n == 0:
             continue
         auc = _auc(logits[sel], labels[sel])
-        domains[name] = {"n": n, "auc": _r(auc), "logloss": _r(_logloss(logits[sel], labels[sel]))}
+        domains[name] = {"n": n, "positives": int(labels[sel].sum()), "auc": _r(auc),
+                         "logloss": _r(_logloss(logits[sel], labels[sel]))}
         if not math.isnan(auc):
             weighted += n * auc
             weight += n

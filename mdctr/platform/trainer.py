@@ -30,7 +30,7 @@ from mdctr.domains.selection import Selection
 from mdctr.platform import checkpoint as ckpt
 from mdctr.platform.distill import served_logits
 from mdctr.platform.distributed import dense_optimizer, shard, table_param_names
-from mdctr.platform.metrics import compute_metrics
+from mdctr.platform.metrics import auc_standard_error, compute_metrics
 from mdctr.platform.job import Job, TrainerHooks
 from mdctr.platform.model import FeatureLayout
 from mdctr.platform.schedule import LRSchedule
@@ -254,7 +254,8 @@ class Trainer:
         """Epochs whose checkpoints per-domain selection still needs."""
         if self.job.per_domain is None:
             return []
-        return [e for e, _ in domain_bests(state.history).values()]
+        raw, chosen = domain_bests(state.history), domain_bests(state.history, self.job.per_domain_margin)
+        return [e for e, _ in (*raw.values(), *chosen.values())]
 
     def _assemble_domains(self, state: ckpt.TrainState) -> None:
         """The global best epoch with every domain's own entries from its best epoch,
@@ -262,7 +263,7 @@ class Trainer:
         base = state.best_epoch
         ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, base))
         selected = {}
-        for domain, (epoch, _) in sorted(domain_bests(state.history).items()):
+        for domain, (epoch, _) in sorted(domain_bests(state.history, self.job.per_domain_margin).items()):
             selected[domain] = epoch
             if epoch != base:
                 ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, epoch),
@@ -336,6 +337,7 @@ class Trainer:
                   "seconds": round(time.perf_counter() - t0, 2)}
         if valid.get("domains") and len(valid["domains"]) > 1:
             record["valid_domain_auc"] = {d: m["auc"] for d, m in valid["domains"].items()}
+            record["valid_domain_se"] = {d: _auc_se(m) for d, m in valid["domains"].items()}
         state.history.append(record)
         hook_stop = bool(self.hooks.on_epoch_end(epoch, dict(record), checkpoint))
         state.stopped = state.bad_epochs >= self.cfg.train.patience or last or hook_stop
@@ -351,15 +353,36 @@ class Trainer:
         ckpt.barrier()
 
 
-def domain_bests(history: list[dict]) -> dict[str, tuple[int, float]]:
+def _auc_se(domain_metrics: dict) -> float | None:
+    auc, n, pos = domain_metrics.get("auc"), domain_metrics.get("n"), domain_metrics.get("positives")
+    if auc is None or n is None or pos is None:
+        return None
+    se = auc_standard_error(auc, pos, n - pos)
+    return round(se, 6) if se != float("inf") else None
+
+
+def domain_bests(history: list[dict], margin: float = 0.0) -> dict[str, tuple[int, float]]:
     """Each domain's best epoch and validation AUC in an epoch ``history`` (the first epoch
-    of the highest AUC; epochs without the domain's AUC, e.g. one class only, are skipped)."""
+    of the highest AUC; epochs without the domain's AUC, e.g. one class only, are skipped).
+
+    ``margin`` > 0: a later epoch counts only if its AUC beats the domain's first epoch (the
+    start) by more than ``margin`` standard errors of that AUC on the domain's validation
+    rows (``valid_domain_se``), so a gain a few dozen rows could show by chance keeps the
+    start."""
     best: dict[str, tuple[int, float]] = {}
+    bar: dict[str, float] = {}
     for record in history:
         if "selected" in record:
             continue
+        errors = record.get("valid_domain_se") or {}
         for domain, auc in (record.get("valid_domain_auc") or {}).items():
-            if auc is not None and auc == auc and (domain not in best or auc > best[domain][1]):
+            if auc is None or auc != auc:
+                continue
+            if domain not in best:
+                best[domain] = (record["epoch"], auc)
+                se = errors.get(domain)
+                bar[domain] = auc + margin * (se if se is not None else float("inf")) if margin else auc
+            elif auc > best[domain][1] and auc > bar[domain]:
                 best[domain] = (record["epoch"], auc)
     return best
 

@@ -230,6 +230,29 @@ def test_per_domain_selection_keeps_each_domains_best_adapter_epoch(data, tmp_pa
     assert all(out["final"][k].abs().sum() == 0 for k in out["final"] if "lora_B" in k and k.endswith(".M"))
 
 
+def test_per_domain_selection_margin_keeps_the_start_unless_the_gain_beats_the_noise():
+    """``adapters.min_gain_se``: a domain's later epoch counts only if its validation AUC beats
+    its start by more than that many standard errors (Hanley-McNeil, from its validation
+    positives and negatives, recorded per epoch)."""
+    from mdctr.platform.metrics import auc_standard_error
+    from mdctr.platform.trainer import domain_bests
+
+    se_big, se_small = auc_standard_error(0.78, 30, 25), auc_standard_error(0.78, 3000, 2500)
+    assert se_big > 0.05 > 0.01 > se_small
+    history = [{"epoch": e, "valid_domain_auc": {"tiny": t, "big": b},
+                "valid_domain_se": {"tiny": se_big, "big": se_small}}
+               for e, (t, b) in enumerate([(0.78, 0.78), (0.80, 0.785), (0.81, 0.79), (0.79, 0.80)])]
+    assert domain_bests(history) == {"tiny": (2, 0.81), "big": (3, 0.80)}
+    # one standard error: the tiny domain's +0.03 is noise, the big one's +0.02 is not
+    assert domain_bests(history, 1.0) == {"tiny": (0, 0.78), "big": (3, 0.80)}
+    assert domain_bests(history, 3.0) == {"tiny": (0, 0.78), "big": (3, 0.80)}
+    assert domain_bests(history, 5.0) == {"tiny": (0, 0.78), "big": (0, 0.78)}
+    # no standard error recorded (no positives known): with a margin, the start stays
+    bare = [{k: v for k, v in h.items() if k != "valid_domain_se"} for h in history]
+    assert domain_bests(bare, 1.0) == {"tiny": (0, 0.78), "big": (0, 0.78)}
+    assert AdapterConfig().min_gain_se == 1.0
+
+
 @pytest.mark.parametrize("domain", [None, "F"])
 def test_exported_torchscript_matches_the_trained_model(two_phase, data, tmp_path, domain):
     from mdctr.adapters.export import export
