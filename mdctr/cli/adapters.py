@@ -23,6 +23,8 @@ def adapters_finetune(
     alpha: Optional[int] = typer.Option(None, "--alpha", help="rank = max(d_out // alpha, 1)."),
     lora_rank: Optional[int] = typer.Option(None, "--rank", help="Explicit LoRA rank for every layer."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Adapter init and data order (default: the base run's)."),
+    patience: Optional[int] = typer.Option(None, "--patience",
+                                           help="Epochs without a better validation AUC before stopping (default 2)."),
     rows: str = typer.Option("all", "--rows",
                              help="Embedding rows the adapter also learns for this domain: all (a residual for every "
                                   "row the domain uses), cold (only ids the backbone never trained), none."),
@@ -32,7 +34,7 @@ def adapters_finetune(
     from mdctr.adapters.onboard import finetune
 
     meta = finetune(base, domain, data, out, epochs=epochs, lr=lr, alpha=alpha, lora_rank=lora_rank, seed=seed, rows=rows,
-                    overwrite=overwrite)
+                    overwrite=overwrite, **({} if patience is None else {"patience": patience}))
     auc = meta["metrics"]["domains"].get(domain, {}).get("auc")
     counts = ", ".join(f"{f} {n:,}" for f, n in meta.get("row_counts", {}).items()) or "none"
     typer.echo(f"adapter '{domain}': {meta['parameters']:,} parameters "
