@@ -124,6 +124,7 @@ USAGE = [
     # adapters
     case("finetune-rows-choice", FT + " --rows some", "--rows"),
     case("finetune-epochs-range", FT.replace("--epochs 1", "--epochs 0"), "--epochs"),
+    case("finetune-patience-range", FT + " --patience 0", "--patience"),
     case("finetune-epochs-type", FT.replace("--epochs 1", "--epochs x"), "--epochs"),
     case("finetune-lr-range", FT + " --lr 0", "--lr"),
     case("finetune-lr-nan", FT + " --lr nan", "--lr"),
