@@ -9,7 +9,7 @@ one line naming the file and key. Example (``configs/movielens_gender_shared.yam
     optim:
       embedding: {type: rowwise_adagrad, lr: 0.05}
       dense: {type: adam, lr: 0.001}
-    train: {epochs: 8, batch_size: 1024, patience: 2, seed: 0}
+    train: {epochs: 30, batch_size: 1024, patience: 3, seed: 0}
 """
 
 from __future__ import annotations
