@@ -262,12 +262,11 @@ class Trainer:
         validated and checkpointed as epoch ``last + 1``, which becomes the best."""
         base = state.best_epoch
         ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, base))
-        selected = {}
-        for domain, (epoch, _) in sorted(domain_bests(state.history, self.job.per_domain_margin).items()):
-            selected[domain] = epoch
-            if epoch != base:
-                ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, epoch),
-                          exclude=lambda key, d=domain: not self.job.per_domain(key, d))
+        selected = {d: e for d, (e, _) in sorted(domain_bests(state.history, self.job.per_domain_margin).items())}
+        for epoch in sorted(set(selected.values()) - {base}):  # one load per epoch, its domains' entries
+            mine = [d for d, e in selected.items() if e == epoch]
+            ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, epoch),
+                      exclude=lambda key: not any(self.job.per_domain(key, d) for d in mine))
         epoch = state.last_epoch + 1
         t0 = time.perf_counter()
         valid = self.evaluate("valid")
@@ -275,11 +274,7 @@ class Trainer:
         state.last_epoch = state.best_epoch = epoch
         state.best_wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
         state.stopped = True
-        state.history.append({"epoch": epoch, "train_loss": None, "valid_auc": valid["auc"],
-                              "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
-                              "seconds": round(time.perf_counter() - t0, 2),
-                              "valid_domain_auc": {d: m["auc"] for d, m in (valid.get("domains") or {}).items()},
-                              "selected": selected})
+        state.history.append({**epoch_record(epoch, None, valid, t0), "selected": selected})
         if self.rank == 0:
             ckpt.write_state(self.ckpt_dir, state)
             ckpt.prune(self.ckpt_dir, state, self._kept_epochs(state))
@@ -313,12 +308,10 @@ class Trainer:
         else:  # no validation: the latest epoch is the model
             valid = {"auc": None, "wauc": None, "logloss": None}
             wauc, improved = float("-inf"), True
-        domain_improved = False
-        if self.job.per_domain is not None:
-            before = domain_bests(state.history)
-            domain_improved = any(m.get("auc") is not None and m["auc"] == m["auc"] and
-                                  (d not in before or m["auc"] > before[d][1])
-                                  for d, m in (valid.get("domains") or {}).items())
+        record = epoch_record(epoch, train_loss, valid, t0)
+        # per-domain selection: an epoch that is some domain's best so far also counts as progress
+        domain_improved = self.job.per_domain is not None and \
+            domain_bests([*state.history, record]) != domain_bests(state.history)
         checkpoint = None
         if self.keep_only is None:
             checkpoint = ckpt.epoch_dir(self.ckpt_dir, epoch)
@@ -332,12 +325,7 @@ class Trainer:
         if improved:
             state.best_epoch, state.best_wauc = epoch, wauc
         state.bad_epochs = 0 if improved or domain_improved else state.bad_epochs + 1
-        record = {"epoch": epoch, "train_loss": None if train_loss is None else round(train_loss, 6),
-                  "valid_auc": valid["auc"], "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        if valid.get("domains") and len(valid["domains"]) > 1:
-            record["valid_domain_auc"] = {d: m["auc"] for d, m in valid["domains"].items()}
-            record["valid_domain_se"] = {d: _auc_se(m) for d, m in valid["domains"].items()}
+        record["seconds"] = round(time.perf_counter() - t0, 2)  # checkpoint included
         state.history.append(record)
         hook_stop = bool(self.hooks.on_epoch_end(epoch, dict(record), checkpoint))
         state.stopped = state.bad_epochs >= self.cfg.train.patience or last or hook_stop
@@ -351,6 +339,18 @@ class Trainer:
             log.info("epoch %d  %s  valid auc %s wauc %s logloss %s  (%.1fs)%s", epoch, loss, valid["auc"],
                      valid["wauc"], valid["logloss"], state.history[-1]["seconds"], "  *best" if improved else "")
         ckpt.barrier()
+
+
+def epoch_record(epoch: int, train_loss: float | None, valid: dict, t0: float) -> dict:
+    """One epoch's history entry; with several domains also each one's validation AUC and
+    its standard error (what per-domain selection reads)."""
+    record = {"epoch": epoch, "train_loss": None if train_loss is None else round(train_loss, 6),
+              "valid_auc": valid["auc"], "valid_wauc": valid["wauc"], "valid_logloss": valid["logloss"],
+              "seconds": round(time.perf_counter() - t0, 2)}
+    if valid.get("domains") and len(valid["domains"]) > 1:
+        record["valid_domain_auc"] = {d: m["auc"] for d, m in valid["domains"].items()}
+        record["valid_domain_se"] = {d: _auc_se(m) for d, m in valid["domains"].items()}
+    return record
 
 
 def _auc_se(domain_metrics: dict) -> float | None:
