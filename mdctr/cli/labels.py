@@ -29,9 +29,15 @@ def labels_write(
     split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Random split seed (default: the teacher run's)."),
     store: str = StoreOpt,
     world_size: int = typer.Option(1, "--world-size", help="Processes predicting in parallel."),
+    start: Optional[str] = typer.Option(None, "--start", help="Label only rows on or after this UTC day (YYYY-MM-DD)."),
+    end: Optional[str] = typer.Option(None, "--end", help="Label only rows before this UTC day (YYYY-MM-DD)."),
 ) -> None:
-    """Label a dataset split with a teacher run once; the labels become one store version."""
+    """Label a dataset split with a teacher run once; the labels become one store version.
+
+    ``--start``/``--end`` label a time window, e.g. the recent weeks students train on
+    (``train.window``) with a teacher trained on the history before them."""
     from mdctr.core.errors import ConfigError
+    from mdctr.core.timeutil import day_ts, parse_date
     from mdctr.platform.labelling import write_labels
 
     if split not in SPLITS:
@@ -39,8 +45,12 @@ def labels_write(
     for flag, value, least in (("--world-size", world_size, 1), ("--split-seed", split_seed, 0)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    lo, hi = (None if d is None else parse_date(d, flag) for d, flag in ((start, "--start"), (end, "--end")))
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError(f"--start {lo} must precede --end {hi}")
+    window = None if lo is None and hi is None else (lo and day_ts(lo), hi and day_ts(hi))
     v = write_labels(teacher, data, store=_store(store), split=None if split == "all" else split,
-                     split_seed=split_seed, world_size=world_size)
+                     split_seed=split_seed, world_size=world_size, window=window)
     typer.echo(f"wrote {v.name}: {v.meta['rows']:,} labels of {v.meta['domains']} by teacher "
                f"{v.meta['teacher_run_id']} -> {v.path}")
 

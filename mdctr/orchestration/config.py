@@ -175,6 +175,13 @@ class PipelineConfig(StrictModel):
     #: the scheduled cadence (``mdctr cadence``; not in any hash)
     cadence: CadenceConfig | None = None
 
+    @model_validator(mode="after")
+    def _stage_windows(self) -> "PipelineConfig":
+        for name in ("tpm", "cpm", "actr"):
+            if getattr(self, name).train.window is not None:
+                raise ValueError(f"{name}.train.window: a stage's rows are its window_days before the date")
+        return self
+
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     return load_model(path, PipelineConfig)

@@ -24,6 +24,8 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from mdctr.core.config import StrictModel, dump_model, load_model
+from mdctr.core.timeutil import day_ts
+from mdctr.domains.selection import Selection
 
 
 class Baseline(str, Enum):
@@ -113,6 +115,25 @@ class LRScheduleConfig(StrictModel):
     min_scale: float = Field(default=0.0, ge=0, le=1)
 
 
+class TimeWindow(StrictModel):
+    """Only rows with ``start <= ts < end`` (UTC days, ``end`` excluded; either side open),
+    e.g. a student that trains on the last weeks only: ``train.window: {start: 1998-03-01}``.
+    The split (random or temporal) then divides the window's rows."""
+
+    start: date | None = None
+    end: date | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TimeWindow":
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError(f"window: start {self.start} must precede end {self.end}")
+        return self
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """The window in seconds since the epoch, as :class:`~mdctr.domains.selection.Selection` takes it."""
+        return (None if self.start is None else day_ts(self.start), None if self.end is None else day_ts(self.end))
+
+
 class TrainLoopConfig(StrictModel):
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=1024, ge=1)
@@ -128,12 +149,19 @@ class TrainLoopConfig(StrictModel):
     split_seed: int | None = Field(default=None, ge=0)
     #: train and evaluate on these domains only (default: every domain of the data)
     domains: list[str] | None = None
+    #: train and evaluate on the rows of this time window only (default: every row)
+    window: TimeWindow | None = None
     #: background batches prepared ahead of the model (0: none)
     prefetch: int = Field(default=1, ge=0)
     #: validate each epoch and keep the best (early stopping); False trains ``epochs``
     #: epochs and keeps the last (for tiny, frequent windows with no room for a hold-out)
     validation: bool = True
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
+
+    def selection(self) -> Selection:
+        """The rows this loop trains and evaluates on (split, domains, window)."""
+        return Selection(self.split_kind, self.split_seed, None if self.domains is None else tuple(self.domains),
+                         None if self.window is None else self.window.bounds())
 
     @model_validator(mode="after")
     def _plateau_needs_validation(self) -> "TrainLoopConfig":

@@ -217,8 +217,7 @@ class Job:
     def __post_init__(self) -> None:
         self.data_dir, self.ckpt_dir = Path(self.data_dir), Path(self.ckpt_dir)
         if self.selection is None:
-            t = self.cfg.train
-            self.selection = Selection(t.split_kind, t.split_seed, None if t.domains is None else tuple(t.domains))
+            self.selection = self.cfg.train.selection()
         if self.world_size is None:
             self.world_size = self.cfg.world_size
         if self.per_domain is not None and (self.frozen is None or self.keep_only is not None):

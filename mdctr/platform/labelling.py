@@ -13,6 +13,8 @@ and if the writer is killed, ``labels gc`` or the next write removes it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +59,7 @@ def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, sp
     """Label ``split`` of ``data`` with the teacher run's best model; commit one version.
 
     ``window`` (``lo <= ts < hi``) and ``domains`` narrow the rows (default: the teacher's
-    own domain selection, every ``ts``)."""
+    own domain selection, every ``ts`` even when the teacher trained on a ``train.window``)."""
     run = RunDir(teacher)
     ident = run.identity()
     data_dir = resolve_data(data)
@@ -70,8 +72,7 @@ def write_labels(teacher: str | Path, data: str | Path, *, store: str | Path, sp
     out = scratch / "predictions.parquet"
     job = prediction_job(run, data_dir, split, PredictionsOutput(out, "eval"), split_seed=split_seed,
                          world_size=world_size)  # checks the data against the teacher first
-    if window is not None:
-        job.selection = job.selection.with_window(*window)
+    job.selection = dataclasses.replace(job.selection, window=window)  # not the teacher's training window
     if domains is not None:
         job.selection = job.selection.with_domains(domains)
     scratch.mkdir(parents=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mdctr.core.config import with_overrides
 from mdctr.core.errors import ArtifactError, ConfigError, DataContractError
+from mdctr.domains.batching import DatasetReader
 from mdctr.domains.datasets import resolve_data
 from mdctr.domains.selection import Selection
 from mdctr.domains.spec import DatasetSpec
@@ -129,7 +130,20 @@ def check_training_data(cfg: TrainConfig, data_dir: Path) -> DatasetSpec:
     if unknown:
         raise DataContractError(f"train.domains names '{unknown[0]}', which the data lacks "
                                 f"(has {spec.domain_names})", file=data_dir / "dataset.yaml")
+    if cfg.train.window is not None:
+        check_window_rows(cfg, data_dir)
     return spec
+
+
+def check_window_rows(cfg: TrainConfig, data_dir: Path) -> None:
+    """A ``train.window`` must leave rows to train on (and to validate on, when validating)."""
+    t = cfg.train
+    reader = DatasetReader(data_dir, background=False)
+    for part in ("train", "valid") if t.validation else (None,):
+        if reader.num_rows(part, t.selection()) == 0:
+            w = t.window
+            raise DataContractError(f"train.window [{w.start or '...'}, {w.end or '...'}) holds no "
+                                    f"{part or 'training'} rows ({t.split_kind} split)", file=data_dir / "dataset.yaml")
 
 
 def train(config: str | Path | TrainConfig, out: str | Path, *, resume: bool = False,

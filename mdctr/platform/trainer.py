@@ -226,6 +226,7 @@ class Trainer:
                 self._end_epoch(state, 0, None, time.perf_counter())
         first = 1 if state.history and state.history[0]["train_loss"] is None else 0
         end = self.cfg.train.epochs + first
+        log.info("training on %d rows (%s)", self.num_rows(self.train_split), self.train_split or "every split")
         sched = self.cfg.train.lr_schedule
         if sched.warmup_epochs or sched.decay != "none":
             self.schedule = LRSchedule(sched, self.optimizer.param_groups, epochs=self.cfg.train.epochs,

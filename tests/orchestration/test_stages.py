@@ -418,3 +418,16 @@ def test_versions_that_are_not_runs_need_their_own_files(tmp_path, stage, files,
     for f in files:
         (tmp_path / f).write_text("{}")
     assert _damage(stage, tmp_path) == problem
+
+
+@pytest.mark.parametrize("stage", ["tpm", "cpm", "actr"])
+def test_a_stage_train_window_is_refused(stage, tmp_path):
+    """Stage rows come from ``window_days``; a ``train.window`` there would be ignored, so it
+    is an error naming the key."""
+    from pydantic import ValidationError
+
+    from mdctr.orchestration.config import PipelineConfig
+
+    with pytest.raises(ValidationError, match=rf"{stage}.train.window: a stage's rows are its window_days"):
+        PipelineConfig.model_validate({"data": "d", "store": str(tmp_path),
+                                       stage: {"train": {"window": {"start": "1998-01-01"}}}})

@@ -355,3 +355,37 @@ def test_dropout_per_hidden_layer(ml_gender, make_config):
         make_config(ml_gender, model={"hidden": [64, 32], "dropout": [0.2]})
     with pytest.raises(ValueError, match=r"model.dropout rates must be in \[0, 1\)"):
         make_config(ml_gender, model={"hidden": [64, 32], "dropout": [0.2, 1.0]})
+
+
+def test_train_window_trains_and_tests_on_the_windows_rows_only(ml_gender, tmp_path, make_config):
+    """``train.window`` narrows every part: a temporal split's test days lie inside a window
+    that starts 4 weeks before them, and training reads only the window's train rows."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from datetime import date
+
+    from mdctr.core.timeutil import DAY, day_ts, iso_day
+    from mdctr.domains.spec import load_spec
+
+    t = load_spec(ml_gender).split.temporal
+    ts = pq.read_table(ml_gender / "part-00000.parquet", columns=["ts"]).column(0).to_numpy()
+    start = date.fromisoformat(iso_day(t.valid_start - 28 * DAY))
+    cfg = make_config(ml_gender, train={"epochs": 1, "split_kind": "temporal", "window": {"start": start.isoformat()}})
+    metrics = train(cfg, tmp_path / "w")
+    assert metrics["n"] == int((ts >= t.test_start).sum())  # the whole test part is inside the window
+    want = int(((ts >= day_ts(start)) & (ts < t.valid_start)).sum())
+    assert 5_000 < want < 50_000
+    assert f"training on {want} rows (train)" in (tmp_path / "w" / "train.log").read_text()
+
+    over = make_config(ml_gender, train={"split_kind": "temporal", "window": {"start": "1999-01-01"}})
+    with pytest.raises(DataContractError, match="train.window"):
+        train(over, tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+
+
+def test_train_window_must_be_ordered(ml_gender, make_config):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must precede end"):
+        make_config(ml_gender, train={"window": {"start": "1998-03-01", "end": "1998-03-01"}})
