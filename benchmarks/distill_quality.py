@@ -1,108 +1,207 @@
-"""Distillation quality: student alone, direct and auxiliary distillation, and the teacher.
+"""Distillation quality: a teacher that knows more than its students, over 5 seeds.
 
-Per dataset and seed s (split seed s, initialisation seed s): train the teacher
-(``configs/movielens_gender_teacher.yaml``: ~2x the student's parameters), label the train
-split once into a teacher-label store (``write_labels``), then train three students on the
-same split: ``student`` (``configs/movielens_gender_shared.yaml``), ``aux``
-(``configs/movielens_gender_student.yaml``: weight 1.0, temperature 2.0) and ``direct``
-(the same with ``mode: direct``, weight 0.5, temperature 2.0). Each mode's weight and
-temperature were chosen by mean validation WAUC over 3 seeds on MovieLens-100K among
-aux {(0.5, 1), (1, 2), (1, 3)} and direct {(0.5, 1), (0.5, 2), (0.8, 1)}. Datasets:
-MovieLens-100K gender and the 8-domain synthetic data (``configs/synthetic.yaml``). Prints
-per-domain AUC and WAUC (mean +- std over seeds); last line
-``{"movielens_gender": {"student": ..., "direct": ..., "aux": ..., "teacher": ...}, "synthetic": {...}}``
-(mean WAUC), plus parameter counts.
+Settings (``--settings``; each with seeds s = 0..4, teacher and student initialised with s):
 
-Usage: python benchmarks/distill_quality.py [--seeds 0 1 2] [--datasets movielens_gender synthetic]
-       [--weight W] [--temperature T] [--direct-weight 0.5] [--direct-temperature 2.0]
+- ``ml_window`` (the realistic one): MovieLens-100K gender, temporal split (test: the last 14
+  days, valid: the 7 before). The teacher (``configs/movielens_gender_teacher.yaml``: 5.1x
+  the student's parameters, a 3-layer tower) trains on all history *before* the students'
+  window (its own random hold-out for early stopping, split seed s) and labels the window
+  once into a teacher-label store. Students (``configs/movielens_gender_shared.yaml``)
+  train on the last ``--weeks`` weeks (default 4, ``train.window``) before the valid days:
+  alone, ``direct`` and ``aux``; all are tested on the following 14 days.
+- ``ml_biased``: the same, with a teacher trained for another objective: ``rating >= 5``
+  ("loved") where students learn ``rating >= 4`` ("liked"); the auxiliary head is meant to
+  keep such a teacher's bias out of the served logit.
+- ``synthetic_drift``: the 8-domain synthetic data (``configs/synthetic.yaml``: user
+  interests rotate over the 180 days, ``time.drift`` 0.3), temporal split (valid and test:
+  18 days each); the teacher has seen the periods before the students' window.
+- ``same_data`` (reference; the setting of the first benchmark): random split s, the teacher
+  trains on the students' own train split and labels it.
+
+Each distilled mode's weight and temperature are chosen per setting by mean **validation**
+WAUC over the seeds from a grid (aux: weight 1, 2, 4, 8 at T 1 and 8 at T 2; direct: weight
+0.3, 0.5, 0.8 at T 1 and 0.5 at T 2); the choice and every grid point's validation WAUC are
+printed and recorded. Test rows are read only to report. The teacher's figure is its test
+WAUC on the students' test rows.
+
+Prints per-domain test AUC and WAUC mean +- std per mode, paired per-seed differences, and
+last line ``{"ml_window": {"student", "direct", "aux", "teacher", "aux_minus_student_per_seed",
+"aux_minus_direct_per_seed", "chosen", "std"}, "ml_biased": {...}, "synthetic_drift": {...},
+"same_data": {...}, "parameters": {...}}`` (mean test WAUC).
+
+Usage: python benchmarks/distill_quality.py [--seeds 0 1 2 3 4] [--weeks 4]
+       [--settings ml_window ml_biased synthetic_drift same_data]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
+from mdctr.core.timeutil import DAY, day_ts, iso_day
 from mdctr.domains.datasets import resolve_data
+from mdctr.domains.movielens import prepare_movielens
 from mdctr.domains.spec import load_spec
 from mdctr.platform.config import TrainConfig, load_train_config
 from mdctr.platform.labelling import write_labels
+from mdctr.platform.launcher import resolve_launcher
 from mdctr.platform.model import CTRModel, feature_layout
+from mdctr.platform.outputs import MetricsOutput
 from mdctr.platform.quiet import quiet_library_warnings
-from mdctr.platform.run import train
+from mdctr.platform.run import open_run, prediction_job, train
 from _seed_table import summarise
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"teacher": "configs/movielens_gender_teacher.yaml", "student": "configs/movielens_gender_shared.yaml",
-           "distill": "configs/movielens_gender_student.yaml"}
-DATASETS = {
-    "movielens_gender": {"data": "movielens-100k:gender", "train": {}},
-    "synthetic": {"data": f"synthetic:{REPO / 'configs/synthetic.yaml'}",
-                  "train": {"batch_size": 2048, "epochs": 10, "patience": 2}},
+TEACHER, STUDENT = REPO / "configs/movielens_gender_teacher.yaml", REPO / "configs/movielens_gender_shared.yaml"
+AUX_GRID = [(1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (8.0, 1.0), (8.0, 2.0)]
+DIRECT_GRID = [(0.3, 1.0), (0.5, 1.0), (0.8, 1.0), (0.5, 2.0)]
+SYNTHETIC_LOOP = {"batch_size": 2048, "epochs": 10, "patience": 2}
+
+
+@dataclass(frozen=True)
+class Setting:
+    data: str
+    #: students train on the last weeks before the valid days, the teacher on what precedes them
+    window: bool = True
+    #: the teacher learns ``rating >= teacher_threshold`` (MovieLens only)
+    teacher_threshold: int | None = None
+    loop: dict = field(default_factory=dict)
+
+
+SETTINGS = {
+    "ml_window": Setting("movielens-100k:gender"),
+    "ml_biased": Setting("movielens-100k:gender", teacher_threshold=5),
+    "synthetic_drift": Setting(f"synthetic:{REPO / 'configs/synthetic.yaml'}", loop=SYNTHETIC_LOOP),
+    "same_data": Setting("movielens-100k:gender", window=False),
 }
 
 
-def config(dataset: str, which: str, seed: int, **distill) -> TrainConfig:
-    raw = load_train_config(REPO / CONFIGS[which]).model_dump(mode="json")
-    raw["data"] = DATASETS[dataset]["data"]
-    raw["train"].update(DATASETS[dataset]["train"], seed=seed, split_seed=seed)
-    if raw.get("distill") is not None:
-        raw["distill"].update(distill)
+def window_start(data_dir: Path, weeks: int) -> date:
+    """The first day of the students' window: ``weeks`` weeks before the valid days."""
+    return date.fromisoformat(iso_day(load_spec(data_dir).split.temporal.valid_start - weeks * 7 * DAY))
+
+
+def config(path: Path, data: str | Path, s: Setting, seed: int, *, teacher: bool, start: date | None,
+           distill: dict | None = None) -> TrainConfig:
+    raw = load_train_config(path).model_dump(mode="json", exclude={"tune"})
+    raw["data"] = str(data)
+    raw["train"].update(s.loop, seed=seed, split_seed=seed, window=None, split_kind="random")
+    if start is not None:  # the teacher before the window (random hold-out), students on it (temporal)
+        raw["train"].update({"window": {"end": start.isoformat()}} if teacher else
+                            {"window": {"start": start.isoformat()}, "split_kind": "temporal"})
+    raw["distill"] = distill
     return TrainConfig.model_validate(raw)
 
 
-def dense_and_table_params(cfg: TrainConfig) -> int:
+def parameters(cfg: TrainConfig) -> int:
     spec = load_spec(resolve_data(cfg.data))
-    model = CTRModel(feature_layout(spec, cfg.model, cfg.baseline), cfg.model, device="meta")
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in CTRModel(feature_layout(spec, cfg.model, cfg.baseline), cfg.model,
+                                           device="meta").parameters())
+
+
+def teacher_test(run_dir: Path, data_dir: Path, student: TrainConfig, out: Path) -> dict:
+    """The teacher's metrics on the students' test rows."""
+    job = prediction_job(open_run(run_dir), data_dir, "test", MetricsOutput(out, "eval", "test", show=False),
+                         selection=student.train.selection())
+    resolve_launcher(None).launch(job)
+    return json.loads(out.read_text())
+
+
+def best_valid_wauc(run_dir: Path) -> float:
+    history = json.loads((run_dir / "history.json").read_text())["history"]["all"]
+    return max(h["valid_wauc"] for h in history if h.get("valid_wauc") is not None)
+
+
+def run_setting(name: str, s: Setting, seeds: list[int], weeks: int, tmp: Path) -> tuple[dict, dict]:
+    data_dir = resolve_data(s.data)
+    teacher_data: Path = data_dir
+    if s.teacher_threshold is not None:
+        teacher_data = tmp / f"teacher-data-{s.teacher_threshold}"
+        if not teacher_data.exists():
+            prepare_movielens("gender", teacher_data, label_threshold=s.teacher_threshold)
+    start = window_start(data_dir, weeks) if s.window else None
+    valid_start = load_spec(data_dir).split.temporal.valid_start
+    tests: dict[str, list[dict]] = {"student": [], "teacher": []}
+    valids: dict[str, list[float]] = {}
+    grid = [("student", None)] + [(f"aux w{w:g} T{t:g}", ("aux", w, t)) for w, t in AUX_GRID] + \
+        [(f"direct w{w:g} T{t:g}", ("direct", w, t)) for w, t in DIRECT_GRID]
+    print(f"\n== {name}: {s.data}" + (f", students on {start} .. {iso_day(valid_start - DAY)}" if start else ""),
+          flush=True)
+    for seed in seeds:
+        t0 = time.perf_counter()
+        store = tmp / f"labels-{name}-{seed}"
+        t_cfg = config(TEACHER, teacher_data, s, seed, teacher=True, start=start)
+        t_dir = tmp / f"{name}-teacher-{seed}"
+        train(t_cfg, t_dir, test=False)
+        student_cfg = config(STUDENT, data_dir, s, seed, teacher=False, start=start)
+        tests["teacher"].append(teacher_test(t_dir, data_dir, student_cfg, tmp / f"{name}-teacher-{seed}.json"))
+        if start is not None:
+            write_labels(t_dir, data_dir, store=store, split=None, window=(day_ts(start), valid_start),
+                         domains=load_spec(data_dir).domain_names)
+        else:
+            write_labels(t_dir, data_dir, store=store, split="train", split_seed=seed)
+        print(f"{name} seed {seed}: teacher test WAUC {tests['teacher'][-1]['wauc']:.4f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        for label, d in grid:
+            distill = None if d is None else {"store": str(store), "mode": d[0], "weight": d[1], "temperature": d[2]}
+            cfg = config(STUDENT, data_dir, s, seed, teacher=False, start=start, distill=distill)
+            out = tmp / f"{name}-{label.replace(' ', '_')}-{seed}"
+            t0 = time.perf_counter()
+            m = train(cfg, out)
+            tests.setdefault(label, []).append(m)
+            valids.setdefault(label, []).append(best_valid_wauc(out))
+            print(f"{name} seed {seed}  {label:<15} valid WAUC {valids[label][-1]:.4f}  test WAUC {m['wauc']:.4f}  "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return tests, valids
+
+
+def choose(valids: dict[str, list[float]], mode: str) -> str:
+    """The grid point of ``mode`` with the best mean validation WAUC."""
+    return max((k for k in valids if k.startswith(mode)), key=lambda k: statistics.mean(valids[k]))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--weight", type=float, default=None, help="aux distill.weight (default: the student config's)")
-    p.add_argument("--temperature", type=float, default=None, help="aux distill.temperature (default: the config's)")
-    p.add_argument("--direct-weight", type=float, default=0.5)
-    p.add_argument("--direct-temperature", type=float, default=2.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--weeks", type=int, default=4, help="the students' window, in weeks before the valid days")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = p.parse_args()
+    if args.weeks < 1:
+        p.error("--weeks must be >= 1")
     quiet_library_warnings()
-    over = {k: v for k, v in (("weight", args.weight), ("temperature", args.temperature)) if v is not None}
-    results: dict = {}
-    params: dict = {}
+    report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for ds in args.datasets:
-            results[ds] = {m: [] for m in ("student", "direct", "aux", "teacher")}
-            t_cfg, s_cfg = config(ds, "teacher", 0), config(ds, "student", 0)
-            params[ds] = {"teacher": dense_and_table_params(t_cfg), "student": dense_and_table_params(s_cfg)}
-            print(f"{ds}: teacher {params[ds]['teacher']:,} parameters, student {params[ds]['student']:,} "
-                  f"({params[ds]['teacher'] / params[ds]['student']:.2f}x)", flush=True)
-            for seed in args.seeds:
-                store = Path(tmp) / f"labels-{ds}-{seed}"
-                runs = {"teacher": config(ds, "teacher", seed), "student": config(ds, "student", seed),
-                        "direct": config(ds, "distill", seed, mode="direct", store=str(store),
-                                         weight=args.direct_weight, temperature=args.direct_temperature),
-                        "aux": config(ds, "distill", seed, mode="aux", store=str(store), **over)}
-                for mode, cfg in runs.items():
-                    t0 = time.perf_counter()
-                    out = Path(tmp) / f"{ds}-{mode}-{seed}"
-                    m = train(cfg, out)
-                    if mode == "teacher":  # label the train split once; both distilled students read it
-                        write_labels(out, cfg.data, store=store, split="train", split_seed=seed)
-                    results[ds][mode].append(m)
-                    print(f"{ds:<17}{mode:<9}seed {seed}  WAUC {m['wauc']:.4f}  AUC {m['auc']:.4f}  "
-                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    summary = summarise(results, args.seeds)
-    for ds in summary:
-        s = summary[ds]
-        print(f"{ds}: aux - student {s['aux']['wauc_mean'] - s['student']['wauc_mean']:+.4f} WAUC, "
-              f"aux - direct {s['aux']['wauc_mean'] - s['direct']['wauc_mean']:+.4f}")
-    out = {ds: {m: v["wauc_mean"] for m, v in modes.items()} for ds, modes in summary.items()}
-    out["parameters"] = params
-    print(json.dumps(out))
+        for name in args.settings:
+            s = SETTINGS[name]
+            tests, valids = run_setting(name, s, args.seeds, args.weeks, Path(tmp))
+            print(f"\n{name}: mean validation WAUC per grid point")
+            for k, v in valids.items():
+                print(f"  {k:<15} {statistics.mean(v):.4f}")
+            chosen = {m: choose(valids, m) for m in ("aux", "direct")}
+            print(f"chosen on validation: aux {chosen['aux']!r}, direct {chosen['direct']!r}")
+            picked = {"student": tests["student"], "direct": tests[chosen["direct"]], "aux": tests[chosen["aux"]],
+                      "teacher": tests["teacher"]}
+            summary = summarise({name: picked}, args.seeds)[name]
+            w = {m: [r["wauc"] for r in runs] for m, runs in picked.items()}
+            diff = {f"aux_minus_{b}_per_seed": [round(a - x, 5) for a, x in zip(w["aux"], w[b])]
+                    for b in ("student", "direct")}
+            for k, v in diff.items():
+                print(f"{name}: {k.replace('_per_seed', '').replace('_', ' ')}: mean {statistics.mean(v):+.4f}, "
+                      f"positive on {sum(x > 0 for x in v)} of {len(v)} seeds {v}")
+            report[name] = {m: summary[m]["wauc_mean"] for m in picked} | diff | {
+                "std": {m: summary[m]["wauc_std"] for m in picked},
+                "chosen": {m: chosen[m] for m in chosen},
+                "valid": {k: round(statistics.mean(v), 5) for k, v in valids.items()}}
+    t_cfg = load_train_config(TEACHER)
+    report["parameters"] = {"teacher": parameters(t_cfg), "student": parameters(load_train_config(STUDENT))}
+    print(json.dumps(report))
     return 0
 
 

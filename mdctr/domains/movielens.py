@@ -43,6 +43,10 @@ AD_ITEM_SEED = 20240901
 AD_ITEM_SHARE = 0.2
 
 
+#: ``label = rating >= DEFAULT_LABEL_THRESHOLD`` (liked)
+DEFAULT_LABEL_THRESHOLD = 4
+
+
 def age_bucket(age: np.ndarray) -> np.ndarray:
     """Index into :data:`AGE_BUCKETS` (MovieLens-1M's buckets)."""
     edges = np.array([lo for lo, _ in AGE_BUCKETS[1:]])
@@ -68,8 +72,10 @@ def temporal_split(ts: np.ndarray, *, test_days: int = 14, valid_days: int = 7) 
     return TemporalSplit(valid_start=test_start - valid_days * DAY, test_start=test_start)
 
 
-def movielens_columns(raw: MovieLensRaw, split: MovieLensSplit) -> tuple[dict, list[DomainSpec], dict]:
-    """Columns of the dataset (in source order), its domains, and notes for dataset.yaml."""
+def movielens_columns(raw: MovieLensRaw, split: MovieLensSplit,
+                      label_threshold: int = DEFAULT_LABEL_THRESHOLD) -> tuple[dict, list[DomainSpec], dict]:
+    """Columns of the dataset (in source order), its domains, and notes for dataset.yaml;
+    ``label = rating >= label_threshold``."""
     r = raw.ratings
     users = raw.users.set_index("user_id")
     items = raw.items.set_index("item_id")
@@ -89,7 +95,7 @@ def movielens_columns(raw: MovieLensRaw, split: MovieLensSplit) -> tuple[dict, l
     np.cumsum(lengths, out=offsets[1:])
     flat = np.fromiter((x for g in per_row for x in g), dtype=np.int64, count=int(offsets[-1]))
 
-    notes: dict = {"label": "rating >= 4", "genres": GENRES, "occupations": occ_vocab,
+    notes: dict = {"label": f"rating >= {label_threshold}", "genres": GENRES, "occupations": occ_vocab,
                    "age_buckets": [name for _, name in AGE_BUCKETS]}
     if split == "gender":
         names = gender_vocab
@@ -119,7 +125,7 @@ def movielens_columns(raw: MovieLensRaw, split: MovieLensSplit) -> tuple[dict, l
         "example_id": np.arange(len(r), dtype=np.int64),
         "ts": r["ts"].to_numpy(np.int64),
         "domain": pa.array(domain, pa.string()),
-        "label": (r["rating"].to_numpy() >= 4).astype(np.int8),
+        "label": (r["rating"].to_numpy() >= label_threshold).astype(np.int8),
         "user_id": r["user_id"].to_numpy(np.int64),
         "item_id": r["item_id"].to_numpy(np.int64),
         "age": age,
@@ -148,25 +154,33 @@ def prepare_movielens(
     split_seed: int = 0,
     overwrite: bool = False,
     raw: MovieLensRaw | None = None,
+    label_threshold: int = DEFAULT_LABEL_THRESHOLD,
 ) -> DatasetSpec:
-    """Write MovieLens-100K with the given domain ``split`` to ``out`` (atomically)."""
+    """Write MovieLens-100K with the given domain ``split`` to ``out`` (atomically).
+
+    ``label_threshold`` other than 4 makes another objective with the same rows and features
+    (e.g. 3: "not disliked"), as a teacher trained for a different target would see them.
+    """
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if not 2 <= label_threshold <= 5:
+        raise ConfigError(f"label_threshold must be 2..5 (ratings are 1..5), got {label_threshold}")
     raw = raw if raw is not None else load_movielens_100k()
-    columns, domains, notes = movielens_columns(raw, split)
+    columns, domains, notes = movielens_columns(raw, split, label_threshold)
+    other = label_threshold != DEFAULT_LABEL_THRESHOLD
     ts = columns["ts"]
     notes["time_span"] = " to ".join(
         datetime.fromtimestamp(int(t), tz=timezone.utc).strftime("%Y-%m-%d") for t in (ts.min(), ts.max())
     )
     spec = DatasetSpec(
-        name=f"movielens-100k-{split}",
+        name=f"movielens-100k-{split}" + (f"-rating{label_threshold}" if other else ""),
         rows=0,
         files=["pending"],
         fields=movielens_fields(columns),
         domains=domains,
         split=SplitSpec(random=RandomSplit(seed=split_seed), temporal=temporal_split(ts)),
         source=SourceSpec(kind="movielens-100k", origin=raw.origin, checksums=raw.checksums,
-                          params={"split": split}),
+                          params={"split": split, **({"label_threshold": label_threshold} if other else {})}),
         notes=notes,
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:

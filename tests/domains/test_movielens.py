@@ -377,3 +377,19 @@ def test_resolve_builtin_ref(tmp_path, monkeypatch, ml_raw, ml_gender_spec):
     with pytest.raises(ValueError, match="must be one of gender, age, age3, occupation, ads"):
         prepare_builtin("movielens-100k", "zip", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_label_threshold_makes_another_objective_on_the_same_rows(tmp_path, ml_raw, ml_gender_df):
+    """``label_threshold`` 3 ("not disliked"): same rows and features, labels from the
+    source ratings; the spec names it so it cannot pass for the default objective."""
+    spec = prepare_movielens("gender", tmp_path / "r3", raw=ml_raw, label_threshold=3)
+    df = pq.read_table(tmp_path / "r3" / spec.files[0]).to_pandas()
+    m = merged(ml_raw)
+    np.testing.assert_array_equal(df["label"].to_numpy(), (m["rating"] >= 3).astype(np.int8).to_numpy())
+    np.testing.assert_array_equal(df["item_id"].to_numpy(), ml_gender_df["item_id"].to_numpy())
+    assert spec.name == "movielens-100k-gender-rating3" and spec.notes["label"] == "rating >= 3"
+    assert spec.source.params == {"split": "gender", "label_threshold": 3}
+    assert sum(d.positives for d in spec.domains) == int((m["rating"] >= 3).sum())
+    with pytest.raises(ValueError, match="label_threshold must be 2..5"):
+        prepare_movielens("gender", tmp_path / "r6", raw=ml_raw, label_threshold=6)
+    assert not (tmp_path / "r6").exists()
