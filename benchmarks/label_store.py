@@ -88,7 +88,8 @@ def _step_worker(rank: int, world: int, data: Path, store: Path, rounds: int, ou
     version = TeacherLabelStore(store).resolve().name
     variants = {}
     for name in ("plain", "join", "aux"):
-        cfg = base.model_copy(update={"data": str(data), "distill": base.distill if name == "aux" else None})
+        cfg = base.model_copy(update={"data": str(data), "distill": base.distill if name == "aux" else None,
+                                      "train": base.train.model_copy(update={"window": None, "split_kind": "random"})})
         job = Job(cfg, data, out.parent / f"ck-{name}", model=StudentBuilder(cfg.distill),
                   transform=TeacherLabels(str(store), version) if name != "plain" else None,
                   loss=distill_loss(cfg.distill) if name == "aux" else None, progress=False)

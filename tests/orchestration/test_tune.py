@@ -18,6 +18,7 @@ from mdctr.orchestration.tune import study as study_mod
 from mdctr.orchestration.tune.objective import Objective
 from mdctr.orchestration.tune.space import check_space, suggest
 
+REPO = Path(__file__).resolve().parents[2]
 BASE = """data: movielens-100k:gender
 baseline: shared
 model: {tower: mlp, embedding_dim: 8, hidden: [32, 16]}
@@ -164,3 +165,16 @@ def test_several_splits_score_a_trial_by_their_mean(tmp_path):
 def test_split_seeds_must_be_distinct(tmp_path):
     with pytest.raises(ConfigError, match="split_seeds"):
         load_config(_config(tmp_path, SPACE.replace("  trials: 3\n", "  trials: 3\n  split_seeds: [1, 1]\n")))
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+                                        if "tune:" in p.read_text()))
+def test_shipped_search_spaces_fit_their_configs(path):
+    """Every shipped config's space (``configs/zoo/`` per tower too) checks out, and each zoo
+    config names the tower of its file name."""
+    cfg = load_config(REPO / path)
+    space = check_space(cfg)
+    assert cfg.tune.objective == "valid_wauc" and space
+    if path.startswith("configs/zoo/"):
+        assert Path(path).stem == f"movielens_gender_{cfg.model.tower}"
+        assert cfg.tune.split_seeds == [0, 1, 2]
