@@ -26,7 +26,7 @@ WAUC on the students' test rows.
 
 Prints per-domain test AUC and WAUC mean +- std per mode, paired per-seed differences, and
 last line ``{"ml_window": {"student", "direct", "aux", "teacher", "aux_minus_student_per_seed",
-"aux_minus_direct_per_seed", "chosen", "std"}, "ml_biased": {...}, "synthetic_drift": {...},
+"aux_minus_direct_per_seed", "chosen", "std", "logloss", "valid"}, "ml_biased": {...}, "synthetic_drift": {...},
 "same_data": {...}, "parameters": {...}}`` (mean test WAUC).
 
 Usage: python benchmarks/distill_quality.py [--seeds 0 1 2 3 4] [--weeks 4]
@@ -195,8 +195,10 @@ def main() -> int:
             for k, v in diff.items():
                 print(f"{name}: {k.replace('_per_seed', '').replace('_', ' ')}: mean {statistics.mean(v):+.4f}, "
                       f"positive on {sum(x > 0 for x in v)} of {len(v)} seeds {v}")
+            logloss = {m: round(statistics.mean(r["logloss"] for r in runs), 4) for m, runs in picked.items()}
+            print(f"{name}: mean test log loss " + ", ".join(f"{m} {v:.4f}" for m, v in logloss.items()))
             report[name] = {m: summary[m]["wauc_mean"] for m in picked} | diff | {
-                "std": {m: summary[m]["wauc_std"] for m in picked},
+                "std": {m: summary[m]["wauc_std"] for m in picked}, "logloss": logloss,
                 "chosen": {m: chosen[m] for m in chosen},
                 "valid": {k: round(statistics.mean(v), 5) for k, v in valids.items()}}
     t_cfg = load_train_config(TEACHER)

@@ -304,3 +304,29 @@ def test_a_copied_label_store_reads_its_own_files(tmp_path):
     assert b.resolve(v.name).path == tmp_path / "b" / v.path.relative_to(tmp_path / "a")
     shutil.rmtree(tmp_path / "a")
     assert b.reader(v.name).lookup(np.arange(100))[1].all()
+
+
+def test_teacher_before_the_window_labels_the_students_weeks(ml_gender, make_config, tmp_path):
+    """The realistic setting: a teacher trained on the history before the students' window
+    (its own random hold-out) labels the window once; a student trains on the window alone
+    (temporal split) and every one of its training rows has a teacher label."""
+    from mdctr.core.timeutil import day_ts
+    from mdctr.domains.splits import TRAIN, temporal_parts
+
+    start = date(1998, 3, 5)
+    teacher = make_config(ml_gender, train={"epochs": 1, "window": {"end": start.isoformat()}})
+    train(teacher, tmp_path / "teacher", test=False)
+    spec = load_spec(ml_gender)
+    v = write_labels(tmp_path / "teacher", ml_gender, store=tmp_path / "labels", split=None,
+                     window=(day_ts(start), spec.split.temporal.valid_start))
+    t = duckdb.sql(f"SELECT example_id, ts FROM read_parquet('{ml_gender / spec.files[0]}')").fetchnumpy()
+    labelled = set(TeacherLabelStore(tmp_path / "labels").reader(v.name).ids.tolist())
+    in_window = (t["ts"] >= day_ts(start)) & (temporal_parts(t["ts"], spec.split.temporal) == TRAIN)
+    assert labelled == set(t["example_id"][in_window].tolist()) and len(labelled) > 10_000
+    assert v.meta["window"] == [day_ts(start), spec.split.temporal.valid_start]
+    student = make_config(ml_gender, train={"epochs": 2, "split_kind": "temporal", "window": {"start": "1998-03-05"}},
+                          distill={"store": str(tmp_path / "labels"), "mode": "aux", "weight": 8.0})
+    metrics = train(student, tmp_path / "student")
+    assert f"training on {len(labelled)} rows (train)" in (tmp_path / "student" / "train.log").read_text()
+    assert metrics["n"] == int((t["ts"] >= spec.split.temporal.test_start).sum())
+    assert 0.6 < metrics["wauc"] < 0.8
