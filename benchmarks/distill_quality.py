@@ -29,6 +29,15 @@ last line ``{"ml_window": {"student", "direct", "aux", "teacher", "aux_minus_stu
 "aux_minus_direct_per_seed", "chosen", "std", "logloss", "valid"}, "ml_biased": {...}, "synthetic_drift": {...},
 "same_data": {...}, "parameters": {...}}`` (mean test WAUC).
 
+Findings (2026-11-30, this machine; README "Where each mode helps" has the table): students on
+4 weeks gain a lot from the teacher (ml_window aux - student +0.0279 WAUC, positive on 5 of 5
+seeds; synthetic_drift +0.0884), even from a teacher worse than them (ml_biased: teacher
+0.6524, student 0.6813, aux 0.6956). ``direct`` ranks better than ``aux`` on MovieLens
+(ml_window -0.0075, ml_biased -0.0051, both 0 of 5 seeds), level on synthetic (+0.0005);
+with the biased teacher ``direct`` pays in calibration (test log loss 0.696, 0.903 at
+weight 0.8; aux 0.668, student 0.659). Validation picks aux weight 8, T 1 in ml_window
+(0.7101 vs direct 0.7085), the shipped student's settings. Same data: aux +0.0003.
+
 Usage: python benchmarks/distill_quality.py [--seeds 0 1 2 3 4] [--weeks 4]
        [--settings ml_window ml_biased synthetic_drift same_data]
 """
