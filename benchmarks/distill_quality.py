@@ -37,6 +37,10 @@ seeds; synthetic_drift +0.0884), even from a teacher worse than them (ml_biased:
 with the biased teacher ``direct`` pays in calibration (test log loss 0.696, 0.903 at
 weight 0.8; aux 0.668, student 0.659). Validation picks aux weight 8, T 1 in ml_window
 (0.7101 vs direct 0.7085), the shipped student's settings. Same data: aux +0.0003.
+With longer windows the biased teacher stops helping and ``direct`` starts to hurt: aux -
+direct with it +0.0036 (4 of 5 seeds) at ``--weeks 8``, +0.0048 (5 of 5) at 12, where direct
+(0.7190) ends below the student alone (0.7235) and aux does not (0.7238); aux - student with
+the unbiased teacher +0.0087 (4 of 5) at 8 weeks, +0.0088 (3 of 5) at 12.
 
 Usage: python benchmarks/distill_quality.py [--seeds 0 1 2 3 4] [--weeks 4]
        [--settings ml_window ml_biased synthetic_drift same_data]
