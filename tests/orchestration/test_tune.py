@@ -125,6 +125,14 @@ def test_a_local_study_records_a_failed_trial_and_writes_a_best_config_that_trai
         study_mod.tune(config, cfg, out=tmp_path / "out", study="local")
     shown = study_mod.report("local", None)
     assert shown.table.splitlines()[0] == result.table.splitlines()[0]
+    # a run killed mid-trial leaves it RUNNING in the journal; --resume marks it failed, says
+    # why, and runs the trials the study still lacks
+    study.ask()
+    more = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"trials": 5})})
+    resumed = study_mod.tune(config, more, out=tmp_path / "out", study="local", resume=True)
+    states = [t.state for t in optuna.load_study(study_name="local", storage=storage).trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "0 running" in resumed.table and "trial 3 failed: left running by a run that stopped" in resumed.table
 
 
 @pytest.mark.slow

@@ -103,6 +103,22 @@ def open_study(cfg: TrainConfig, name: str, storage_url: str | None, *, create: 
     return optuna.load_study(study_name=name, storage=storage, **kw)
 
 
+def fail_abandoned(study) -> list[int]:
+    """Trials an earlier, stopped run left ``RUNNING`` (a killed process never tells the
+    storage) are marked failed, so they stop counting as running and the report says why.
+    ``--resume`` assumes no other process is running the study at the same time."""
+    from optuna.trial import TrialState
+
+    left = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for t in left:
+        study._storage.set_trial_user_attr(t._trial_id, "error", "left running by a run that stopped (--resume)")
+        study.tell(t.number, state=TrialState.FAIL)
+    if left:
+        log.warning("marked %d trial(s) an earlier run left running as failed: %s", len(left),
+                    ", ".join(str(t.number) for t in left))
+    return [t.number for t in left]
+
+
 def run_worker(cfg: TrainConfig, name: str, storage_url: str | None, root: str, worker: int) -> int:
     """One worker: trials until the study has ``tune.trials`` of them; returns how many it ran."""
     import optuna
@@ -145,7 +161,9 @@ def tune(config: Path, cfg: TrainConfig, *, trials: int | None = None, parallel:
     root = Path(out) if out is not None else Path("runs") / "tune" / name
     if root.exists() and not root.is_dir():
         raise ConfigError("--out: is a file (trials' run directories go there)", file=root)
-    open_study(cfg, name, storage, create=True, resume=resume)
+    opened = open_study(cfg, name, storage, create=True, resume=resume)
+    if resume:
+        fail_abandoned(opened)
     root.mkdir(parents=True, exist_ok=True)
     if parallel == 1 and address is None:
         run_worker(cfg, name, storage, str(root.absolute()), 0)
