@@ -40,7 +40,8 @@ weight 0.8; aux 0.668, student 0.659). Validation picks aux weight 8, T 1 in ml_
 With longer windows the biased teacher stops helping and ``direct`` starts to hurt: aux -
 direct with it +0.0036 (4 of 5 seeds) at ``--weeks 8``, +0.0048 (5 of 5) at 12, where direct
 (0.7190) ends below the student alone (0.7235) and aux does not (0.7238); aux - student with
-the unbiased teacher +0.0087 (4 of 5) at 8 weeks, +0.0088 (3 of 5) at 12.
+the unbiased teacher +0.0087 (4 of 5) at 8 weeks, +0.0088 (3 of 5) at 12; synthetic_drift at 8
+weeks: aux - student +0.0325, aux - direct +0.0025 (both 5 of 5).
 
 Usage: python benchmarks/distill_quality.py [--seeds 0 1 2 3 4] [--weeks 4]
        [--settings ml_window ml_biased synthetic_drift same_data]

@@ -133,6 +133,8 @@ def test_a_local_study_records_a_failed_trial_and_writes_a_best_config_that_trai
     states = [t.state for t in optuna.load_study(study_name="local", storage=storage).trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert "0 running" in resumed.table and "trial 3 failed: left running by a run that stopped" in resumed.table
+    trials = optuna.load_study(study_name="local", storage=storage).trials
+    assert trials[4].params != trials[0].params  # a resumed run samples anew, not the first run's start
 
 
 @pytest.mark.slow

@@ -68,10 +68,13 @@ def storage_label(url: str | None, study: str) -> str:
     return url if url is not None else str(state_dir() / "tune" / f"{study}.journal")
 
 
-def _sampler(cfg: TrainConfig, worker: int):
+def _sampler(cfg: TrainConfig, worker: int, existing: int = 0):
+    """TPE seeded by the study's seed and the worker; a resumed study (``existing`` trials)
+    gets another seed, or its random start-up trials would repeat the first run's."""
     import optuna
 
-    return optuna.samplers.TPESampler(multivariate=True, seed=cfg.tune.seed + worker, constant_liar=True)
+    seed = cfg.tune.seed + worker + 7919 * existing
+    return optuna.samplers.TPESampler(multivariate=True, seed=seed, constant_liar=True)
 
 
 def _pruner(cfg: TrainConfig):
@@ -100,7 +103,10 @@ def open_study(cfg: TrainConfig, name: str, storage_url: str | None, *, create: 
     if create:
         return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                    direction=DIRECTIONS[cfg.tune.objective], **kw)
-    return optuna.load_study(study_name=name, storage=storage, **kw)
+    study = optuna.load_study(study_name=name, storage=storage, **kw)
+    if cfg is not None and study.trials:
+        study.sampler = _sampler(cfg, worker, len(study.trials))
+    return study
 
 
 def fail_abandoned(study) -> list[int]:
