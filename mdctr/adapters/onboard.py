@@ -234,7 +234,9 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
                  "optim.dense.lr": lr if lr is not None else run.config.optim.dense.lr * FINETUNE_LR_SCALE}
     cfg = with_overrides(run.config, {k: v for k, v in overrides.items() if v is not None},
                          source="--epochs/--seed/--lr/--patience")
-    selection = Selection(cfg.train.split_kind, cfg.train.split_seed, (domain,), window)
+    selection = cfg.train.selection().with_domains((domain,))  # the base run's split and train.window
+    if window is not None:
+        selection = selection.with_window(*window)
     learned = _own_rows(run, domain, data_dir, selection, rows)
     builder = adapted_model(run, new_domain=domain, alpha=alpha, lora_rank=lora_rank, seed=seed, new_rows=learned)
     meta = {"alpha": builder.alpha, **backbone_identity(base), "lr": cfg.optim.dense.lr, "seed": cfg.train.seed,

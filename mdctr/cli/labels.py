@@ -48,7 +48,7 @@ def labels_write(
     lo, hi = (None if d is None else parse_date(d, flag) for d, flag in ((start, "--start"), (end, "--end")))
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError(f"--start {lo} must precede --end {hi}")
-    window = None if lo is None and hi is None else (lo and day_ts(lo), hi and day_ts(hi))
+    window = None if lo is None and hi is None else tuple(None if d is None else day_ts(d) for d in (lo, hi))
     v = write_labels(teacher, data, store=_store(store), split=None if split == "all" else split,
                      split_seed=split_seed, world_size=world_size, window=window)
     typer.echo(f"wrote {v.name}: {v.meta['rows']:,} labels of {v.meta['domains']} by teacher "
