@@ -172,8 +172,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _fmt(v: object) -> str:
+    """Floats to 4 decimals; small ones (learning rates, L2 weights) to 3 significant digits,
+    so 1e-06 does not print as 0.0000.
+
+    >>> [_fmt(v) for v in (0.79518, 1e-06, 0.00107, 0.0, 3)]
+    ['0.7952', '1e-06', '0.00107', '0.0000', '3']
+    """
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:.3g}" if v and abs(v) < 0.01 else f"{v:.4f}"
     return str(v)
 
 
