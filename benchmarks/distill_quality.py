@@ -3,8 +3,8 @@
 Settings (``--settings``; each with seeds s = 0..4, teacher and student initialised with s):
 
 - ``ml_window`` (the realistic one): MovieLens-100K gender, temporal split (test: the last 14
-  days, valid: the 7 before). The teacher (``configs/movielens_gender_teacher.yaml``: 5.1x
-  the student's parameters, a 3-layer tower) trains on all history *before* the students'
+  days, valid: the 7 before). The teacher (``configs/movielens_gender_teacher.yaml``: 5.5x
+  the student's parameters, a 3-layer FinalMLP) trains on all history *before* the students'
   window (its own random hold-out for early stopping, split seed s) and labels the window
   once into a teacher-label store. Students (``configs/movielens_gender_shared.yaml``)
   train on the last ``--weeks`` weeks (default 4, ``train.window``) before the valid days:
@@ -29,7 +29,14 @@ last line ``{"ml_window": {"student", "direct", "aux", "teacher", "aux_minus_stu
 "aux_minus_direct_per_seed", "chosen", "std", "logloss", "valid"}, "ml_biased": {...}, "synthetic_drift": {...},
 "same_data": {...}, "parameters": {...}}`` (mean test WAUC).
 
-Findings (2026-11-30, this machine; README "Where each mode helps" has the table): students on
+Findings with the FinalMLP student and teacher (2026-12-01; docs/benchmarks.md has the table):
+ml_window student 0.6910, aux 0.7100 (+0.0190, 5 of 5 seeds), direct 0.7107, teacher 0.7100;
+validation picks direct weight 0.5 (0.7101; best aux 0.7042), the shipped student's setting.
+ml_biased: aux 0.6977 (+0.0066, 5 of 5), direct 0.6998 (aux - direct -0.0021, 1 of 5), test
+log loss aux 0.636, direct 0.771, student 0.665. synthetic_drift: student 0.6083, aux 0.6596 (+0.0512, 5 of 5),
+direct 0.6700 (weight 0.8), teacher 0.6655. same_data not re-run.
+
+Findings with the former MLP student and teacher (2026-11-30): students on
 4 weeks gain a lot from the teacher (ml_window aux - student +0.0279 WAUC, positive on 5 of 5
 seeds; synthetic_drift +0.0884), even from a teacher worse than them (ml_biased: teacher
 0.6524, student 0.6813, aux 0.6956). ``direct`` ranks better than ``aux`` on MovieLens

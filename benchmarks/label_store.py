@@ -87,8 +87,9 @@ def _step_worker(rank: int, world: int, data: Path, store: Path, rounds: int, ou
     reader = layout.reader(data)
     version = TeacherLabelStore(store).resolve().name
     variants = {}
+    aux = base.distill.model_copy(update={"mode": "aux"})  # the heavier mode: an extra head and loss
     for name in ("plain", "join", "aux"):
-        cfg = base.model_copy(update={"data": str(data), "distill": base.distill if name == "aux" else None,
+        cfg = base.model_copy(update={"data": str(data), "distill": aux if name == "aux" else None,
                                       "train": base.train.model_copy(update={"window": None, "split_kind": "random"})})
         job = Job(cfg, data, out.parent / f"ck-{name}", model=StudentBuilder(cfg.distill),
                   transform=TeacherLabels(str(store), version) if name != "plain" else None,
