@@ -34,6 +34,7 @@ from mdctr.domains.datasets import resolve_data
 from mdctr.domains.spec import load_spec
 from mdctr.domains.splits import TEST, TRAIN, VALID, random_parts
 from mdctr.platform.metrics import compute_metrics
+from _seed_table import summarise
 
 SPARSE = ["user_id", "item_id", "age", "occupation", "gender", "zip_prefix", "release_year"]
 
@@ -62,6 +63,8 @@ def metrics(p: np.ndarray, y: np.ndarray, d: np.ndarray, names: list[str]) -> di
 
 
 def run(model_name: str, split: str, seed: int, patience: int = 2, max_epochs: int = 20) -> dict:
+    """The test metrics (``compute_metrics``' schema) of the best validation epoch, plus
+    ``valid_wauc`` and ``epoch``."""
     from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
     from deepctr_torch.models import DCN, DCNMix, DeepFM
 
@@ -88,7 +91,7 @@ def run(model_name: str, split: str, seed: int, patience: int = 2, max_epochs: i
         valid = metrics(model.predict(xva, 8192).ravel(), yva, dva, names)["wauc"]
         if valid > best["valid_wauc"]:
             test = metrics(model.predict(xte, 8192).ravel(), yte, dte, names)
-            best, bad = {"valid_wauc": valid, "wauc": test["wauc"], "auc": test["auc"], "epoch": epoch}, 0
+            best, bad = {**test, "valid_wauc": valid, "epoch": epoch}, 0
         else:
             bad += 1
             if bad >= patience:
@@ -109,20 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out: dict = {}
     for model_name in args.models:
+        results: dict = {}
         for split in args.splits:
-            runs = []
+            runs = results.setdefault(split, {}).setdefault(model_name, [])
             for seed in args.seeds:
-                r = run(model_name, split, seed)
-                print(f"{model_name:<8} {split:<11} seed {seed}  WAUC {r['wauc']:.4f}  valid {r['valid_wauc']:.4f}  "
-                      f"best epoch {r['epoch']}", flush=True)
-                runs.append(r)
-            w = [r["wauc"] for r in runs]
+                runs.append(run(model_name, split, seed))
+                print(f"{model_name:<8} {split:<11} seed {seed}  WAUC {runs[-1]['wauc']:.4f}  "
+                      f"valid {runs[-1]['valid_wauc']:.4f}  best epoch {runs[-1]['epoch']}", flush=True)
+        for split, summary in summarise(results, args.seeds).items():
+            runs = results[split][model_name]
             out.setdefault(model_name, {})[split] = {
-                "wauc_mean": round(statistics.mean(w), 5), "wauc_std": round(statistics.stdev(w), 5) if len(w) > 1 else 0.0,
+                "wauc_mean": summary[model_name]["wauc_mean"], "wauc_std": summary[model_name]["wauc_std"],
                 "valid_wauc_mean": round(statistics.mean(r["valid_wauc"] for r in runs), 5),
                 "best_epochs": [r["epoch"] for r in runs]}
-            print(f"{model_name:<8} {split:<11} WAUC {out[model_name][split]['wauc_mean']:.4f} +- "
-                  f"{out[model_name][split]['wauc_std']:.4f}  valid {out[model_name][split]['valid_wauc_mean']:.4f}")
     print(json.dumps(out))
     return 0
 
