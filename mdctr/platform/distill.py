@@ -3,8 +3,8 @@
 - :class:`TeacherJoin` (a batch transform) looks each batch's ``example_id`` up in a label
   version as batches stream and sets the training targets ``batch.targets["teacher_logit"]``
   and ``batch.targets["has_teacher"]``; nothing is loaded into per-row Python objects.
-- :class:`AuxHeadCTRModel` adds an auxiliary head on the tower's last hidden layer
-  (:class:`~mdctr.platform.towers.Tower`'s ``return_hidden``). In training and in eval it
+- :class:`AuxHeadCTRModel` adds an auxiliary head on the representation right below the
+  tower's logit (:class:`~mdctr.platform.towers.Tower`'s ``return_hidden``). In training and in eval it
   returns :class:`StudentLogits` ``(served, aux)``; metrics, evaluation and serving read
   :func:`served_logits` only, so they never see the auxiliary head.
 - :class:`DistillLoss` is the loss of either mode (see :class:`DistillConfig`).
@@ -52,11 +52,12 @@ def served_logits(output: torch.Tensor | StudentLogits) -> torch.Tensor:
 
 
 class AuxHeadCTRModel(CTRModel):
-    """:class:`CTRModel` with an auxiliary logit head on the tower's last hidden layer."""
+    """:class:`CTRModel` with an auxiliary logit head on the representation right below the
+    tower's logit (``Tower.hidden_width`` wide)."""
 
     def __init__(self, layout: FeatureLayout, cfg: ModelConfig, device: torch.device | str = "meta", seed: int = 0):
         super().__init__(layout, cfg, device=device, seed=seed)
-        self.aux_head = nn.Linear(self.tower.mlp.head.in_features, 1)
+        self.aux_head = nn.Linear(self.tower.hidden_width, 1)
 
     def forward(self, sparse, dense: torch.Tensor, domain: torch.Tensor,
                 inputs: dict[str, torch.Tensor] | None = None) -> StudentLogits:

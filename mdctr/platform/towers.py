@@ -1,7 +1,7 @@
 """Towers: what sits on the pooled embeddings and dense features and returns one logit.
 
 Shapes (B = batch, F = embedding fields, D = embedding dim, N = F * D + dense features,
-H = the MLP's last hidden width)::
+H = the tower's ``hidden_width``)::
 
     tower(x: (B, N), emb: (B, F, D)) -> logits (B,)
     tower(x, emb, return_hidden=True) -> (logits (B,), hidden (B, H))
@@ -81,14 +81,16 @@ class Tower(Protocol):
       per-domain adapters attach (``mdctr.adapters`` swaps them for adapted layers without
       the tower knowing) and whose ``mlp.head`` maps the last hidden layer to the logit
       (FinalMLP: to the logit's first-order term in that stream).
+    - ``hidden_width``: the width H of the representation right below the logit.
     - ``forward(x, emb, return_hidden=False)``: logits (B,), or with ``return_hidden`` also
-      the MLP's last hidden layer (B, H), on which a distillation student puts its
-      auxiliary head. Callers call the tower module (``tower(...)``), never a method of it,
+      that representation (B, H), on which a distillation student puts its auxiliary head:
+      the MLP's last hidden layer (FinalMLP: both streams' side by side). Callers call the tower module (``tower(...)``), never a method of it,
       so forward hooks on the tower (the adapters' own embedding rows) always run. A
       scripted (TorchScript) tower returns logits only.
     """
 
     mlp: MLP
+    hidden_width: int
 
     def __call__(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False): ...
 
@@ -98,6 +100,7 @@ class MLPTower(nn.Module):
                  activation: str = "relu", dropout: float | list[float] = 0.0, **_: int):
         super().__init__()
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
+        self.hidden_width = hidden[-1]
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False):
         return self.mlp(x, return_hidden)
@@ -112,6 +115,7 @@ class DCNv2Tower(nn.Module):
         super().__init__()
         self.cross = LowRankCrossNet(in_features, num_layers=cross_layers, low_rank=min(cross_rank, in_features))
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
+        self.hidden_width = hidden[-1]
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False):
         return self.mlp(self.cross(x), return_hidden)
@@ -125,6 +129,7 @@ class DeepFMTower(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_features, 1)
         self.mlp = MLP(in_features, hidden, activation=activation, dropout=dropout)
+        self.hidden_width = hidden[-1]
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False):
         square_of_sum = emb.sum(dim=1).pow(2)
@@ -160,8 +165,9 @@ class FinalMLPTower(nn.Module):
 
     ``w1, b1`` are ``mlp.head``, ``w2, b2`` ``mlp2.head`` (the two biases act as one), W_k
     ``bilinear[k]`` (as FuxiCTR's ``InteractionAggregation``). Stream 1 (``mlp``) is the
-    tower's :class:`MLP`: adapters attach to its layers and ``return_hidden`` returns h1.
-    Stream 2 is a :class:`HiddenStack`, which adapters leave alone.
+    tower's :class:`MLP`: adapters attach to its layers. Stream 2 is a :class:`HiddenStack`,
+    which adapters leave alone. ``return_hidden`` returns ``[h1, h2]`` (B, 2H): the logit is
+    a function of both, so a distillation student's auxiliary head sees both.
     """
 
     def __init__(self, in_features: int, num_fields: int, embedding_dim: int, hidden: list[int], *,
@@ -176,6 +182,7 @@ class FinalMLPTower(nn.Module):
         self.gate1: nn.Module = FeatureGate(in_features) if feature_gating else nn.Identity()
         self.gate2: nn.Module = FeatureGate(in_features) if feature_gating else nn.Identity()
         self.heads = fusion_heads
+        self.hidden_width = 2 * width
         head_dim = width // fusion_heads
         self.bilinear = nn.Parameter(torch.empty(fusion_heads, head_dim, head_dim))
         # FuxiCTR's xavier_normal_ on its (heads * d * d, 1) weight
@@ -195,7 +202,7 @@ class FinalMLPTower(nn.Module):
         logits = self.fuse(h1, h2)
         if not torch.jit.is_scripting():  # TorchScript exports serve logits only
             if return_hidden:
-                return logits, h1
+                return logits, torch.cat([h1, h2], dim=-1)
         return logits
 
 

@@ -35,8 +35,9 @@ def test_unknown_tower_is_a_clear_error():
 @pytest.mark.parametrize("name", sorted(TOWERS))
 def test_every_tower_keeps_the_tower_protocol(name):
     """The written interface: an ``mlp`` whose layers adapters replace, logits (B,), and the
-    last hidden layer with ``return_hidden`` (what a distillation student's aux head reads),
-    the same logits either way; TorchScript (exports) sees logits only."""
+    representation below the logit (``hidden_width`` wide) with ``return_hidden`` (what a
+    distillation student's aux head reads), the same logits either way; TorchScript
+    (exports) sees logits only."""
     from mdctr.platform.towers import MLP, Tower
 
     torch.manual_seed(0)
@@ -44,7 +45,7 @@ def test_every_tower_keeps_the_tower_protocol(name):
     assert isinstance(t, Tower) and isinstance(t.mlp, MLP) and len(t.mlp.layers) == 2
     x, emb = torch.randn(5, 12), torch.randn(5, 3, 4)
     logits, hidden = t(x, emb, return_hidden=True)
-    assert hidden.shape == (5, 6)
+    assert hidden.shape == (5, t.hidden_width) and t.hidden_width == (12 if name == "finalmlp" else 6)
     torch.testing.assert_close(logits, t(x, emb))
     if name != "dcnv2":  # torchrec's LowRankCrossNet is not scriptable
         torch.testing.assert_close(torch.jit.script(t)(x, emb), logits)
@@ -61,9 +62,10 @@ def test_finalmlp_shapes_and_hidden(gating):
     x, emb = torch.randn(5, 12), torch.randn(5, 3, 4)
     assert t(x, emb).shape == (5,)
     logits, hidden = t(x, emb, return_hidden=True)
-    assert logits.shape == (5,) and hidden.shape == (5, 6)
-    # the hidden layer returned is stream 1's (``mlp``'s), gated input in
-    torch.testing.assert_close(hidden, t.mlp.last_hidden(t.gate1(x)))
+    assert logits.shape == (5,) and hidden.shape == (5, 12)
+    # both streams' last hidden layers, each behind its own gate: the logit reads both
+    torch.testing.assert_close(hidden[:, :6], t.mlp.last_hidden(t.gate1(x)))
+    torch.testing.assert_close(hidden[:, 6:], t.mlp2.last_hidden(t.gate2(x)))
     torch.testing.assert_close(logits, t(x, emb))
 
 
