@@ -29,12 +29,16 @@ last line ``{"ml_window": {"student", "direct", "aux", "teacher", "aux_minus_stu
 "aux_minus_direct_per_seed", "chosen", "std", "logloss", "valid"}, "ml_biased": {...}, "synthetic_drift": {...},
 "same_data": {...}, "parameters": {...}}`` (mean test WAUC).
 
-Findings with the FinalMLP student and teacher (2026-12-01; docs/benchmarks.md has the table):
-ml_window student 0.6910, aux 0.7100 (+0.0190, 5 of 5 seeds), direct 0.7107, teacher 0.7100;
-validation picks direct weight 0.5 (0.7101; best aux 0.7042), the shipped student's setting.
-ml_biased: aux 0.6977 (+0.0066, 5 of 5), direct 0.6998 (aux - direct -0.0021, 1 of 5), test
-log loss aux 0.636, direct 0.771, student 0.665. synthetic_drift: student 0.6083, aux 0.6596 (+0.0512, 5 of 5),
-direct 0.6700 (weight 0.8), teacher 0.6655. same_data not re-run.
+Findings with the FinalMLP student and teacher (2026-12-01, the auxiliary head on both
+streams; docs/benchmarks.md has the table): ml_window student 0.6910, aux 0.7064 (+0.0154, 5
+of 5 seeds), direct 0.7107, teacher 0.7100; validation picks direct weight 0.5 (0.7101; best
+aux 0.7069), the shipped student's setting. ml_biased: aux 0.6999 (+0.0089, 5 of 5), direct
+0.6998 (aux - direct +0.0001, 3 of 5; on seeds 5-9: +0.0064, 4 of 5), test log loss aux 0.654,
+direct 0.771, student 0.665. synthetic_drift: student 0.6083, aux 0.6667 (+0.0584, 5 of 5),
+direct 0.6700 (weight 0.8), teacher 0.6655. same_data: student 0.7899, aux 0.7909, direct
+0.7938 (weight 0.5, T 2), teacher 0.7903. With the auxiliary head on stream 1 alone, the best
+aux validation WAUC was 0.0027 lower in ml_window and ml_biased (test: aux 0.7100, biased aux
+0.6977, synthetic aux 0.6596).
 
 Findings with the former MLP student and teacher (2026-11-30): students on
 4 weeks gain a lot from the teacher (ml_window aux - student +0.0279 WAUC, positive on 5 of 5
