@@ -17,7 +17,7 @@ mean +- std and the kept epoch's validation WAUC; last line ``{variant: {"wauc_m
 "wauc_std", "valid_wauc_mean"}}``.
 
 Findings (2026-12-01, seeds 0-4; test WAUC, validation in brackets): none 0.7899 (0.7933),
-history 0.7895 (0.7938), both 0.7890 (0.7935), dense 0.7876 (0.7913). On the random split
+history 0.7895 (0.7938), both 0.7891 (0.7935), dense 0.7876 (0.7913). On the random split
 the user and item id embeddings already carry what the history says (each user has ~80
 training ratings), so the features add nothing on validation beyond noise and the dense ones
 cost 0.002 on test; the shipped data stays as it is (docs/benchmarks.md).
