@@ -4,9 +4,9 @@
   version as batches stream and sets the training targets ``batch.targets["teacher_logit"]``
   and ``batch.targets["has_teacher"]``; nothing is loaded into per-row Python objects.
 - :class:`AuxHeadCTRModel` adds an auxiliary head on the representation right below the
-  tower's logit (:class:`~mdctr.platform.towers.Tower`'s ``return_hidden``). In training and in eval it
-  returns :class:`StudentLogits` ``(served, aux)``; metrics, evaluation and serving read
-  :func:`served_logits` only, so they never see the auxiliary head.
+  tower's logit (:class:`~mdctr.platform.towers.Tower`'s ``return_hidden``). In training
+  and in eval it returns :class:`StudentLogits` ``(served, aux)``; metrics, evaluation and
+  serving read :func:`served_logits` only, so they never see the auxiliary head.
 - :class:`DistillLoss` is the loss of either mode (see :class:`DistillConfig`).
 """
 

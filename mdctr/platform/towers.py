@@ -84,9 +84,10 @@ class Tower(Protocol):
     - ``hidden_width``: the width H of the representation right below the logit.
     - ``forward(x, emb, return_hidden=False)``: logits (B,), or with ``return_hidden`` also
       that representation (B, H), on which a distillation student puts its auxiliary head:
-      the MLP's last hidden layer (FinalMLP: both streams' side by side). Callers call the tower module (``tower(...)``), never a method of it,
-      so forward hooks on the tower (the adapters' own embedding rows) always run. A
-      scripted (TorchScript) tower returns logits only.
+      the MLP's last hidden layer (FinalMLP: both streams' side by side). Callers call the
+      tower module (``tower(...)``), never a method of it, so forward hooks on the tower
+      (the adapters' own embedding rows) always run. A scripted (TorchScript) tower returns
+      logits only.
     """
 
     mlp: MLP
