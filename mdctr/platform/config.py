@@ -182,8 +182,9 @@ class TrainLoopConfig(StrictModel):
 class DistillConfig(StrictModel):
     """Learn from a teacher's labels in the teacher-label store (``mdctr labels write``).
 
-    ``aux``: the served logit learns the hard label; an auxiliary head on the same last
-    hidden layer learns ``sigmoid(teacher_logit / temperature)`` with weight ``weight``.
+    ``aux``: the served logit learns the hard label; an auxiliary head on the representation
+    right below it (``Tower.hidden_width``) learns ``sigmoid(teacher_logit / temperature)``
+    with weight ``weight``.
     ``direct``: the served logit learns ``(1 - weight) * label + weight * soft``. Rows the
     teacher did not label learn the hard label only.
     """
