@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mdctr.domains.movielens import movielens_columns, movielens_fields, temporal_split
+from mdctr.domains.datasets import resolve_data
+from mdctr.domains.movielens import movielens_columns, movielens_fields
 from mdctr.domains.sources import load_movielens_100k
-from mdctr.domains.spec import DatasetSpec, FieldKind, FieldSpec, RandomSplit, SourceSpec, SplitSpec
+from mdctr.domains.spec import FieldKind, FieldSpec, load_spec
 from mdctr.domains.writer import DatasetWriter, build_table, list_array
 from mdctr.adapters.run import load_config, train
 from mdctr.core.config import with_overrides
@@ -74,9 +75,8 @@ def earlier(key: np.ndarray, ts: np.ndarray, label: np.ndarray):
 
 
 def variant_columns(variant: str):
-    """The gender dataset's columns, domains and notes, with ``variant``'s fields added."""
-    raw = load_movielens_100k()
-    cols, domains, notes = movielens_columns(raw, "gender")
+    """The gender dataset's spec (not yet written) and columns, with ``variant``'s fields added."""
+    cols, domains, _ = movielens_columns(load_movielens_100k(), "gender")
     fields = movielens_fields(cols)
     ts, label = cols["ts"], cols["label"].astype(np.float64)
     rate = label.mean()
@@ -99,10 +99,10 @@ def variant_columns(variant: str):
         cols["hist_liked"] = list_array(offsets, np.concatenate(lists).astype(np.int64))
         fields.append(FieldSpec(name="hist_liked", kind=FieldKind.multi_hot,
                                 cardinality=int(cols["item_id"].max()) + 1, max_len=HISTORY_LEN))
-    spec = DatasetSpec(name=f"movielens-100k-gender-{variant}", rows=0, files=["pending"], fields=fields,
-                       domains=domains, split=SplitSpec(random=RandomSplit(seed=0), temporal=temporal_split(ts)),
-                       source=SourceSpec(kind="movielens-100k", origin=raw.origin, checksums=raw.checksums,
-                                         params={"split": "gender"}), notes=notes)
+    # the shipped dataset's spec (split, source, notes), with the variant's fields, to be written
+    spec = load_spec(resolve_data("movielens-100k:gender")).model_copy(update={
+        "name": f"movielens-100k-gender-{variant}", "rows": 0, "files": ["pending"], "fields": fields,
+        "domains": domains, "time_range": None, "fingerprint": None})
     return spec, cols
 
 
