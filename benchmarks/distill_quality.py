@@ -31,7 +31,7 @@ last line ``{"ml_window": {"student", "direct", "aux", "teacher", "aux_minus_stu
 
 Findings with the FinalMLP student and teacher (2026-12-01, the auxiliary head on both
 streams; docs/benchmarks.md has the table): ml_window student 0.6910, aux 0.7064 (+0.0154, 5
-of 5 seeds), direct 0.7107, teacher 0.7100; validation picks direct weight 0.5 (0.7101; best
+of 5 seeds; seeds 5-9: +0.0211, 5 of 5), direct 0.7107, teacher 0.7100; validation picks direct weight 0.5 (0.7101; best
 aux 0.7069), the shipped student's setting. ml_biased: aux 0.6999 (+0.0089, 5 of 5), direct
 0.6998 (aux - direct +0.0001, 3 of 5; on seeds 5-9: +0.0064, 4 of 5), test log loss aux 0.654,
 direct 0.771, student 0.665. synthetic_drift: student 0.6083, aux 0.6667 (+0.0584, 5 of 5),
