@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard mdctr/adapters/csrc/*) requirements/cpu.txt requirements/torch-cpu.txt requirements/constraints.txt scripts/install.sh
+$(STAMP): pyproject.toml setup.py $(wildcard mdctr/csrc/*) requirements/cpu.txt requirements/torch-cpu.txt requirements/constraints.txt scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
 
 demo: install

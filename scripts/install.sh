@@ -18,11 +18,11 @@ echo "mdctr: [2/4] ray, optuna, pandas, pyarrow, duckdb, torchmetrics, ..."
 quiet "${pip[@]}" -c requirements/constraints.txt -r requirements/cpu.txt
 echo "mdctr: [3/4] torchrec 1.8.0 (--no-deps: keeps the CPU fbgemm kernels)"
 quiet "${pip[@]}" --no-deps torchrec==1.8.0
-echo "mdctr: [4/4] mdctr (editable; compiles the adapters' CPU kernels, mdctr/adapters/csrc)"
+echo "mdctr: [4/4] mdctr (editable; compiles mdctr's CPU kernels, mdctr/csrc)"
 quiet "${pip[@]}" --no-deps --no-build-isolation -e .
 if "$venv/bin/python" -m pip show -q fbgemm-gpu >/dev/null 2>&1; then
   echo "mdctr: the CUDA fbgemm-gpu got installed on a CPU machine; remove $venv and retry" >&2
   exit 1
 fi
-"$venv/bin/python" -c "import torch, torchrec, fbgemm_gpu, ray, optuna, duckdb; from importlib.metadata import version as v; from mdctr.adapters.native import status; print('mdctr: stack ok: torch', torch.__version__, '| torchrec', v('torchrec'), '| fbgemm-gpu-cpu', v('fbgemm-gpu-cpu'), '| ray', ray.__version__, '| adapter kernels', status())"
+"$venv/bin/python" -c "import torch, torchrec, fbgemm_gpu, ray, optuna, duckdb; from importlib.metadata import version as v; from mdctr.core.native import status; print('mdctr: stack ok: torch', torch.__version__, '| torchrec', v('torchrec'), '| fbgemm-gpu-cpu', v('fbgemm-gpu-cpu'), '| ray', ray.__version__, '| kernels', status())"
 touch "$venv/.mdctr-installed"

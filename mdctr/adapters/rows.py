@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
-from mdctr.adapters.native import kernels
+from mdctr.core.native import kernels
 from mdctr.domains.batching import DatasetReader
 from mdctr.domains.selection import Selection
 from mdctr.platform.model import DOMAIN_KEY, FeatureLayout, SeededUniformInit

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torchrec.modules.crossnet import LowRankCrossNet
 
+from mdctr.platform.dropout import Dropout
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -48,7 +50,7 @@ class HiddenStack(nn.Module):
         rates = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * len(hidden)
         if len(rates) != len(hidden):
             raise ValueError(f"dropout lists {len(rates)} rates for {len(hidden)} hidden layers")
-        self.dropouts = nn.ModuleList(nn.Dropout(r) if r > 0 else nn.Identity() for r in rates)
+        self.dropouts = nn.ModuleList(Dropout(r) if r > 0 else nn.Identity() for r in rates)
         self.head = nn.Linear(dims[-1], 1)
 
     def last_hidden(self, x: torch.Tensor) -> torch.Tensor:

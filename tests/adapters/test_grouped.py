@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from mdctr.adapters import grouped, native
+from mdctr.adapters import grouped
+from mdctr.core import native
 from mdctr.adapters.layer import MLoRALinear, RoutingContext, _RoutedLinear
 
 

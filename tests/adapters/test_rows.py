@@ -108,7 +108,7 @@ def random_lookup(seed, n_rows=300, n_bags=700, dim=5, dtype=torch.float32):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("with_keep", [False, True])
 def test_compiled_own_rows_give_pool_rows_bits_and_gradients(seed, with_keep):
-    from mdctr.adapters import native
+    from mdctr.core import native
     from mdctr.adapters.rows import pool_own_rows, pool_rows
 
     assert native.status() == "compiled"

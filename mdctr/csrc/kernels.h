@@ -1,4 +1,4 @@
-// mdctr's compiled CPU kernels (Python module mdctr.adapters._kernels, built by setup.py).
+// mdctr's compiled CPU kernels (Python module mdctr._kernels, built by setup.py).
 #pragma once
 
 #include <torch/extension.h>
@@ -20,3 +20,6 @@ std::tuple<at::Tensor, at::Tensor> own_rows_forward(const at::Tensor& rows, cons
                                                    const at::Tensor& keep);
 at::Tensor own_rows_backward(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& lengths,
                              int64_t n_rows);
+
+// dropout.cpp: dropout with a counter-based mask, the same call forward and backward
+at::Tensor hash_dropout(const at::Tensor& x, double p, int64_t seed);
