@@ -56,6 +56,9 @@ Findings (2026-11-30; split seeds 0-2, test WAUC, delta = MLoRA - shared, paired
   +0.0013, occupation +0.0008 over shared (with torch's dropout: gender +0.0011,
   occupation +0.0005; the same code otherwise, so the difference is dropout's randomness).
   Below the split-to-split noise and the +0.002 sought, so it is not a default.
+- Re-measured with the hash-mask dropout (2026-12-01): gender / age3 / occupation shared
+  0.7851 / 0.7843 / 0.7818, MLoRA the same but occupation +0.0001 (seed 0 keeps 2 of 21
+  adapters, +0.0004); synthetic 0.6798 -> 0.7080 (+0.0282, 8/8).
 - Per-domain learning curves: ``history.json`` of any MLoRA run has every epoch's
   ``valid_domain_auc`` and ``valid_domain_se``.
 

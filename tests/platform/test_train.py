@@ -344,11 +344,12 @@ def test_lr_schedule_scales_dense_and_table_learning_rates(ml_gender, tmp_path, 
 def test_dropout_per_hidden_layer(ml_gender, make_config):
     from torch import nn
 
+    from mdctr.platform.dropout import Dropout
     from mdctr.platform.towers import MLP
 
     mlp = MLP(8, [4, 4, 2], dropout=[0.1, 0.0, 0.3])
-    assert [type(d) for d in mlp.dropouts] == [nn.Dropout, nn.Identity, nn.Dropout]
-    assert [d.p for d in mlp.dropouts if isinstance(d, nn.Dropout)] == [0.1, 0.3]
+    assert [type(d) for d in mlp.dropouts] == [Dropout, nn.Identity, Dropout]
+    assert [d.p for d in mlp.dropouts if isinstance(d, Dropout)] == [0.1, 0.3]
     assert all(d.p == 0.2 for d in MLP(8, [4, 4], dropout=0.2).dropouts)
     assert make_config(ml_gender, model={"hidden": [64, 32], "dropout": [0.2, 0.1]}).model.dropout == [0.2, 0.1]
     with pytest.raises(ValueError, match="model.dropout lists 1 rates for 2 hidden layers"):
