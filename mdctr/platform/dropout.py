@@ -2,7 +2,7 @@
 
 On CPU torch draws a float Bernoulli mask per element from its Mersenne Twister, then
 scales and multiplies it in; that cost more than the forward GEMMs of every shipped run
-(``benchmarks/train_throughput.py``). :class:`Dropout` keeps element ``i`` of a call iff
+(32% of the shipped config's training time; ``benchmarks/dropout_speed.py`` measures both). :class:`Dropout` keeps element ``i`` of a call iff
 ``hash(seed, i) >= p * 2^32`` in one pass of the compiled kernel
 (``mdctr/csrc/dropout.cpp``), and its backward recomputes the same mask for the gradient,
 so no mask is stored. The seed of each call is drawn from torch's default generator:
@@ -12,8 +12,9 @@ scaled by ``1 / (1 - p)``, as with ``nn.Dropout``; the masks themselves differ f
 torch's, so a run's weights differ from a torch-dropout run of the same seed by the
 randomness of dropout only.
 
-Anything the kernel does not cover (CUDA, other dtypes, no compiled kernels, eval mode)
-runs :func:`torch.nn.functional.dropout`.
+In eval mode, or with ``p = 0``, the layer is the identity. Inputs the kernel does not take
+(CUDA, other dtypes, builds without the compiled kernels) and scripted (exported) models in
+train mode run :func:`torch.nn.functional.dropout`.
 """
 
 from __future__ import annotations
@@ -73,8 +74,7 @@ class Dropout(nn.Module):
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         if not kernel_applies(x):
             return F.dropout(x, self.p, training=True)
-        seed = int(torch.randint(_SEED_HIGH, (), dtype=torch.int64))
-        return _HashDropout.apply(x.contiguous(), self.p, seed)
+        return hash_dropout(x, self.p, int(torch.randint(_SEED_HIGH, (), dtype=torch.int64)))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
