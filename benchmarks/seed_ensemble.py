@@ -11,7 +11,10 @@ Measured (2026-12-01, hash-mask dropout, 2 members, split seeds 0-4, test WAUC; 
 in brackets): gender single 0.7898 (0.7928), ensemble 0.7921 (0.7959); age3 0.7892 (0.7924)
 -> 0.7919 (0.7957); occupation 0.7867 (0.7894) -> 0.7889 (0.7924). So +0.0022 to +0.0027
 over one run, +0.0042 / +0.0049 / +0.0048 over the 8-epoch MLP default issue 21 was filed
-against, at two runs' cost (22-34 s).
+against, at two runs' cost (22-34 s). Two FinalMLP towers on the halves of one 32-dim
+embedding, trained together in one run on their mean logit (one loss; a scratch trial),
+gave gender 0.7896: no gain, a wider model rather than an ensemble. The members have to
+be trained on their own losses (or in their own runs) to gain.
 
 Last line: one JSON object ``{split: {"single": mean test WAUC of the first member,
 "ensemble", "single_valid", "ensemble_valid", "delta_per_seed"}}``.
