@@ -13,8 +13,11 @@ in brackets): gender single 0.7898 (0.7928), ensemble 0.7921 (0.7959); age3 0.78
 over one run, +0.0042 / +0.0049 / +0.0048 over the 8-epoch MLP default issue 21 was filed
 against, at two runs' cost (22-34 s). Two FinalMLP towers on the halves of one 32-dim
 embedding, trained together in one run on their mean logit (one loss; a scratch trial),
-gave gender 0.7896: no gain, a wider model rather than an ensemble. The members have to
-be trained on their own losses (or in their own runs) to gain.
+gave gender 0.7896: no gain, a wider model rather than an ensemble. Each member on its own
+loss (the same batches, one early stop on the mean logit's validation WAUC, the members'
+halves of a row sharing its row-wise Adagrad state): 0.7905, 19-28 s a run. Most of the
+gain needs what separate runs have: their own tables' optimizer state, their own batch
+order, their own best epoch.
 
 Last line: one JSON object ``{split: {"single": mean test WAUC of the first member,
 "ensemble", "single_valid", "ensemble_valid", "delta_per_seed"}}``.
