@@ -1,7 +1,7 @@
 """Grouped GEMMs of MLoRA's routed layer: row blocks of a batch, each times its own weight.
 
 :func:`linear` and :func:`linear_backward` run the compiled CPU kernel
-(``csrc/grouped.cpp``, :mod:`mdctr.core.native`) on CPU tensors, and a loop of torch
+(``mdctr/csrc/grouped.cpp``, :mod:`mdctr.core.native`) on CPU tensors, and a loop of torch
 calls otherwise (CUDA, or an install built without torch). Both give the same blocks; the kernel cuts the rows into one
 range per thread and runs single-threaded GEMMs in each, where the loop makes every block
 GEMM a parallel region of its own (~5-10% slower per layer on 2 cores).

@@ -1,9 +1,10 @@
 """The towers' dropout: :class:`torch.nn.Dropout`'s contract, with a cheaper mask on CPU.
 
 On CPU torch draws a float Bernoulli mask per element from its Mersenne Twister, then
-scales and multiplies it in; that cost more than the forward GEMMs of every shipped run
-(32% of the shipped config's training time; ``benchmarks/dropout_speed.py`` measures both). :class:`Dropout` keeps element ``i`` of a call iff
-``hash(seed, i) >= p * 2^32`` in one pass of the compiled kernel
+scales and multiplies it in; that cost more than the forward GEMMs of every shipped run (32%
+of the shipped config's training time; ``benchmarks/dropout_speed.py`` measures both).
+:class:`Dropout` keeps element ``i`` of a call iff ``hash(seed, i) >= p * 2^32`` in one pass
+of the compiled kernel
 (``mdctr/csrc/dropout.cpp``), and its backward recomputes the same mask for the gradient,
 so no mask is stored. The seed of each call is drawn from torch's default generator:
 ``torch.manual_seed`` (the trainer seeds it) makes runs repeat, and the mask does not
