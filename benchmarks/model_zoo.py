@@ -90,12 +90,14 @@ def parameter_counts(cfg: TrainConfig) -> tuple[int, int]:
     return (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.tower.parameters()))
 
 
-def epoch_record(run_dir: Path) -> tuple[list[float], int | None, float | None]:
-    """Seconds of every epoch of the run (every phase), the best epoch of its last phase
-    (highest validation WAUC, the first on ties, as the trainer keeps it; without
-    validation: the last epoch) and that epoch's validation WAUC."""
+def epoch_record(run_dir: Path) -> tuple[list[float], int | str | None, float | None]:
+    """Seconds of every trained epoch of the run (every phase), the best epoch of its last
+    phase (highest validation WAUC, the first on ties, as the trainer keeps it; ``"avg"``: the
+    average of ``train.average``; without validation: the last epoch) and that epoch's
+    validation WAUC."""
     history = json.loads((run_dir / "history.json").read_text())["history"]
-    seconds = [e["seconds"] for entries in history.values() for e in entries if "seconds" in e]
+    seconds = [e["seconds"] for entries in history.values() for e in entries
+               if "seconds" in e and e.get("train_loss") is not None]
     last = list(history.values())[-1] if history else []
     if not last:
         return seconds, None, None
@@ -103,7 +105,7 @@ def epoch_record(run_dir: Path) -> tuple[list[float], int | None, float | None]:
         best = max(last, key=lambda e: e["valid_wauc"])  # max keeps the first of equal scores
     else:
         best = last[-1]
-    return seconds, best["epoch"], best.get("valid_wauc")
+    return seconds, "avg" if "averaged" in best else best["epoch"], best.get("valid_wauc")
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -130,13 +132,14 @@ def main() -> int:
             for split in args.splits:
                 cfg = split_config(base, split, args.epochs)
                 params, tower_params = parameter_counts(cfg)
-                runs, seconds, best, valid = [], [], [], []
+                runs, seconds, best, valid, walls = [], [], [], [], []
                 for seed in args.seeds:
                     t0 = time.perf_counter()
                     out = Path(tmp) / f"{tower}-{split}-{seed}"
                     m = train(cfg, out, split_seed=seed, seed=seed)
                     secs, b, v = epoch_record(out)
                     runs.append(m)
+                    walls.append(time.perf_counter() - t0)
                     seconds += secs
                     best.append(b)
                     valid.append(v)
@@ -151,6 +154,7 @@ def main() -> int:
                     "params": params, "tower_params": tower_params,
                     "sec_per_epoch": round(statistics.mean(seconds), 3) if seconds else None,
                     "best_epochs": best,
+                    "run_seconds": round(statistics.mean(walls), 1),
                     "valid_wauc_mean": round(statistics.mean(valid), 5) if None not in valid else None,
                 }
     summarise(results, args.seeds)

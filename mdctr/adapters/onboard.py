@@ -232,7 +232,8 @@ def finetune(base: str | Path, domain: str, data: str | Path, out: str | Path, *
     check_output(out, overwrite=overwrite)
     overrides = {"train.epochs": epochs, "train.seed": seed, "train.patience": patience,
                  "optim.dense.lr": lr if lr is not None else run.config.optim.dense.lr * FINETUNE_LR_SCALE}
-    cfg = with_overrides(run.config, {k: v for k, v in overrides.items() if v is not None},
+    # the new domain's adapter keeps its best epoch (in memory): the base run's epoch averaging does not apply
+    cfg = with_overrides(run.config, {**{k: v for k, v in overrides.items() if v is not None}, "train.average": None},
                          source="--epochs/--seed/--lr/--patience")
     selection = cfg.train.selection().with_domains((domain,))  # the base run's split and train.window
     if window is not None:

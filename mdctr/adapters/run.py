@@ -99,10 +99,13 @@ def _pretrain_config(cfg: MLoRATrainConfig) -> TrainConfig:
 
 
 def _adapter_phase_config(cfg: MLoRATrainConfig) -> MLoRATrainConfig:
-    """two_phase's adapter phase: the config with the ``adapters:`` optimizer and epochs."""
+    """two_phase's adapter phase: the config with the ``adapters:`` optimizer and epochs. It
+    selects epochs per domain, so ``train.average`` (the backbone's) does not apply to it."""
     a = cfg.adapters
     over = {k: v for k, v in (("optim.dense.lr", a.lr), ("optim.dense.weight_decay", a.weight_decay),
                               ("train.epochs", a.epochs)) if v is not None}
+    if cfg.train.average is not None:
+        over["train.average"] = None
     return with_overrides(cfg, over, source="adapters:") if over else cfg
 
 

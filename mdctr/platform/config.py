@@ -115,6 +115,18 @@ class LRScheduleConfig(StrictModel):
     min_scale: float = Field(default=0.0, ge=0, le=1)
 
 
+class AverageConfig(StrictModel):
+    """``train.average``: epoch weight averaging (as stochastic weight averaging, Izmailov et al.,
+    2018, over epochs). When training stops, the weights after every epoch from ``from_epoch``
+    (as the logs number epochs) to the last are averaged, tables and dense layers alike; the
+    average is validated and becomes the run's model if its validation WAUC beats the best
+    epoch's (with ``train.validation`` off: always). Early stopping is unchanged, so the
+    epochs past the best (``patience`` of them) are averaged too. Every averaged epoch's
+    checkpoint stays on disk until the average is made."""
+
+    from_epoch: int = Field(default=1, ge=0)
+
+
 class TimeWindow(StrictModel):
     """Only rows with ``start <= ts < end`` (UTC days, ``end`` excluded; either side open),
     e.g. a student that trains on the last weeks only: ``train.window: {start: 1998-03-01}``.
@@ -157,6 +169,8 @@ class TrainLoopConfig(StrictModel):
     #: epochs and keeps the last (for tiny, frequent windows with no room for a hold-out)
     validation: bool = True
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    #: average the weights of the last epochs into the model (off: the best epoch's weights)
+    average: AverageConfig | None = None
 
     def selection(self) -> Selection:
         """The rows this loop trains and evaluates on (split, domains, window)."""

@@ -59,6 +59,9 @@ class Trainer:
     def __init__(self, job: Job, reader: DatasetReader, layout: FeatureLayout, *, rank: int = 0,
                  world_size: int = 1, device: torch.device = torch.device("cpu")):
         cfg = job.cfg
+        if cfg.train.average is not None and (job.keep_only is not None or job.per_domain is not None):
+            raise ValueError("train.average needs every epoch's checkpoint and one choice for every domain; "
+                             "this job keeps weights in memory or selects per domain (set train.average: null)")
         self.job, self.cfg, self.reader, self.layout = job, cfg, reader, layout
         self.ckpt_dir = Path(job.ckpt_dir)
         self.keep_only = job.keep_only
@@ -241,6 +244,8 @@ class Trainer:
             raise RuntimeError(f"{self.ckpt_dir}: no epoch finished, nothing to evaluate")
         if self.job.per_domain is not None and not (state.history and "selected" in state.history[-1]):
             self._assemble_domains(state)
+        if self.cfg.train.average is not None and not (state.history and "averaged" in state.history[-1]):
+            self._average_epochs(state)
         if self.keep_only is None:
             ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, state.best_epoch))
         elif self._kept:
@@ -252,11 +257,65 @@ class Trainer:
 
     # -- per-domain selection ---------------------------------------------------------------
     def _kept_epochs(self, state: ckpt.TrainState) -> list[int]:
-        """Epochs whose checkpoints per-domain selection still needs."""
+        """Epochs whose checkpoints per-domain selection or epoch averaging still needs."""
+        if self.cfg.train.average is not None:
+            return [] if state.history and "averaged" in state.history[-1] else self._averaged(state)
         if self.job.per_domain is None:
             return []
         raw, chosen = domain_bests(state.history), domain_bests(state.history, self.job.per_domain_margin)
         return [e for e, _ in (*raw.values(), *chosen.values())]
+
+    # -- epoch averaging -------------------------------------------------------------------
+    def _averaged(self, state: ckpt.TrainState) -> list[int]:
+        """The trained epochs ``train.average`` averages."""
+        return [h["epoch"] for h in state.history
+                if h["train_loss"] is not None and h["epoch"] >= self.cfg.train.average.from_epoch]
+
+    def _average_epochs(self, state: ckpt.TrainState) -> None:
+        """The mean of the weights after every epoch :meth:`_averaged` names (an entry no
+        epoch changed, e.g. a frozen one, stays bit-identical), validated and checkpointed as
+        epoch ``last + 1``; it becomes the best epoch if its validation WAUC beats the best's
+        (without validation: always)."""
+        epochs = self._averaged(state)
+        if len(epochs) < 2:
+            log.info("epoch averaging: %d epoch(s) from epoch %d, nothing to average", len(epochs),
+                     self.cfg.train.average.from_epoch)
+            return
+        first: dict[str, torch.Tensor] = {}
+        total: dict[str, torch.Tensor] = {}
+        changed: set[str] = set()
+        for epoch in epochs:
+            ckpt.load(self.model, None, ckpt.epoch_dir(self.ckpt_dir, epoch))
+            for k, v in local_entries(self.model).items():
+                if not v.is_floating_point():
+                    continue
+                if k not in first:
+                    first[k], total[k] = v.detach().clone(), v.detach().clone()
+                    continue
+                total[k].add_(v)
+                if k not in changed and not torch.equal(v, first[k]):
+                    changed.add(k)
+        with torch.no_grad():
+            for k, v in local_entries(self.model).items():
+                if k in first:
+                    v.copy_(total[k].div_(len(epochs)) if k in changed else first[k])
+        epoch = state.last_epoch + 1
+        t0 = time.perf_counter()
+        valid = self.evaluate("valid") if self.validation else {"auc": None, "wauc": None, "logloss": None}
+        ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
+        wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")
+        kept = not self.validation or wauc > state.best_wauc
+        best_before = state.best_epoch
+        state.last_epoch, state.stopped = epoch, True
+        if kept:
+            state.best_epoch, state.best_wauc = epoch, wauc
+        state.history.append({**epoch_record(epoch, None, valid, t0), "averaged": epochs})
+        if self.rank == 0:
+            ckpt.write_state(self.ckpt_dir, state)
+            ckpt.prune(self.ckpt_dir, state)
+            log.info("epoch averaging: epochs %d-%d  valid wauc %s  %s", epochs[0], epochs[-1], valid["wauc"],
+                     "*best" if kept else f"(epoch {best_before} stays the model)")
+        ckpt.barrier()
 
     def _assemble_domains(self, state: ckpt.TrainState) -> None:
         """The global best epoch with every domain's own entries from its best epoch,
@@ -401,19 +460,23 @@ def _all_gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
+def local_entries(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state-dict entries as this rank holds them, views of its live weights: a
+    sharded table's local shards as ``name#0``, ``name#1``, ..."""
+    out = {}
+    for name, value in model.state_dict().items():
+        if hasattr(value, "local_shards"):
+            for i, shard in enumerate(value.local_shards()):
+                out[f"{name}#{i}"] = shard.tensor
+        elif torch.is_tensor(value):
+            out[name] = value
+    return out
+
+
 def frozen_entries(model: torch.nn.Module, which) -> dict[str, torch.Tensor]:
     """Copies of the model entries (state-dict keys) ``which`` selects, as this rank holds
     them (local shards of sharded tables)."""
-    out = {}
-    for name, value in model.state_dict().items():
-        if not which(name):
-            continue
-        if hasattr(value, "local_shards"):
-            for i, shard in enumerate(value.local_shards()):
-                out[f"{name}#{i}"] = shard.tensor.detach().clone()
-        elif torch.is_tensor(value):
-            out[name] = value.detach().clone()
-    return out
+    return {k: v.detach().clone() for k, v in local_entries(model).items() if which(k.partition("#")[0])}
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -234,6 +234,89 @@ def test_keep_only_restores_the_best_epochs_weights_from_memory(ml_gender, tmp_p
     assert not any(p.name.startswith("epoch-") for p in (tmp_path / "ck").iterdir())
 
 
+@pytest.mark.parametrize("averaged_score", [0.95, 0.85])
+def test_epoch_averaging_serves_the_mean_of_the_epochs_if_validation_agrees(ml_gender, tmp_path, make_config,
+                                                                            averaged_score):
+    """``train.average``: when training stops, the weights after epochs ``from_epoch``..last
+    (tables and dense layers, as this rank holds them) are averaged, validated and
+    checkpointed as one more epoch; that is the run's model if it beats the best epoch on
+    validation (0.95 > 0.90), else the best epoch stays (0.85)."""
+    import torch
+
+    from mdctr.domains.spec import load_spec
+    from mdctr.platform.distributed import launch
+    from mdctr.platform.job import Job
+    from mdctr.platform.model import feature_layout, table_entry
+    from mdctr.platform.trainer import Trainer, local_entries
+
+    cfg = make_config(ml_gender, train={"epochs": 4, "patience": 4, "average": {"from_epoch": 1}})
+    layout = feature_layout(load_spec(ml_gender), cfg.model, cfg.baseline)
+    out = {}
+
+    def work(rank, world):
+        trainer = Trainer(Job(cfg, ml_gender, tmp_path / "ck", progress=False), layout.reader(ml_gender), layout)
+        scores, seen = iter([0.60, 0.90, 0.70, 0.80, averaged_score]), []
+        real = trainer.evaluate
+
+        def evaluate(split, *args, **kwargs):
+            if split != "valid":
+                return real(split, *args, **kwargs)
+            seen.append({k: v.detach().clone() for k, v in local_entries(trainer.model).items()})
+            return {"auc": None, "wauc": next(scores), "logloss": None}
+
+        trainer.evaluate = evaluate
+        out["state"] = trainer.fit()
+        out["final"] = {k: v.detach().clone() for k, v in local_entries(trainer.model).items()}
+        out["seen"] = seen
+        out["resumed"] = trainer.fit(resume=True)  # a finished run: nothing is trained or averaged again
+
+    launch(work, 1)
+    state, seen, final = out["state"], out["seen"], out["final"]
+    assert [h["epoch"] for h in state.history] == [0, 1, 2, 3, 4]
+    assert state.history[-1]["averaged"] == [1, 2, 3] and state.history[-1]["train_loss"] is None
+    assert state.last_epoch == 4 and state.stopped
+    table = table_entry("item_id") + "#0"
+    assert table in final and any(k.startswith("tower.") for k in final)
+    mean = {k: torch.stack([seen[e][k] for e in (1, 2, 3)]).mean(0) for k in seen[1] if seen[1][k].is_floating_point()}
+    for k, v in seen[4].items():  # what was validated as epoch 4: the mean of epochs 1-3
+        assert torch.allclose(v, mean[k], atol=1e-6) if k in mean else torch.equal(v, seen[3][k]), k
+    assert not torch.allclose(mean[table], seen[3][table])  # the tables moved between the averaged epochs
+    kept = sorted(p.name for p in (tmp_path / "ck").glob("epoch-*"))
+    if averaged_score > 0.90:
+        assert (state.best_epoch, state.best_wauc) == (4, 0.95)
+        assert all(torch.equal(final[k], seen[4][k]) for k in final)  # the average is the model ...
+        assert kept == ["epoch-0004"]
+    else:
+        assert (state.best_epoch, state.best_wauc) == (1, 0.90)
+        assert all(torch.equal(final[k], seen[1][k]) for k in final)  # ... or the best epoch stays
+        assert kept == ["epoch-0001", "epoch-0004"]
+    assert out["resumed"].history == state.history
+
+
+def test_epoch_averaging_in_a_run_and_where_it_does_not_apply(ml_gender, tmp_path, make_config):
+    """A run with ``train.average`` records the averaged epochs in its history, evaluates to
+    its metrics, and a job that keeps weights in memory or selects per domain refuses it."""
+    from mdctr.domains.spec import load_spec
+    from mdctr.platform.job import Job
+    from mdctr.platform.model import feature_layout
+    from mdctr.platform.trainer import Trainer
+
+    cfg = make_config(ml_gender, train={"epochs": 3, "patience": 3, "average": {}})
+    assert cfg.train.average.from_epoch == 1 and make_config(ml_gender).train.average is None
+    metrics = train(cfg, tmp_path / "avg")
+    history = json.loads((tmp_path / "avg" / "history.json").read_text())
+    rows = history["history"]["all"] if isinstance(history, dict) else history
+    assert rows[-1]["averaged"] == [1, 2] and rows[-1]["valid_wauc"] > 0.7
+    again = evaluate(tmp_path / "avg")
+    assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+    with pytest.raises(Exception, match="from_epoch"):
+        make_config(ml_gender, train={"average": {"from_epoch": -1}})
+    layout = feature_layout(load_spec(ml_gender), cfg.model, cfg.baseline)
+    for kw in ({"keep_only": lambda k: True}, {"per_domain": lambda k, d: True, "frozen": lambda k: False}):
+        with pytest.raises(ValueError, match="train.average"):
+            Trainer(Job(cfg, ml_gender, tmp_path / "ck", progress=False, **kw), layout.reader(ml_gender), layout)
+
+
 def test_hooks_see_every_epoch_and_can_stop_training(ml_gender, tmp_path, make_config):
     """``TrainerHooks.on_epoch_end`` gets each epoch's validation metrics and checkpoint, and
     returning True stops training there (what an Optuna pruner does); the run still ends on
