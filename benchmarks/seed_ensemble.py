@@ -15,9 +15,12 @@ against, at two runs' cost (22-34 s). Two FinalMLP towers on the halves of one 3
 embedding, trained together in one run on their mean logit (one loss; a scratch trial),
 gave gender 0.7896: no gain, a wider model rather than an ensemble. Each member on its own
 loss (the same batches, one early stop on the mean logit's validation WAUC, the members'
-halves of a row sharing its row-wise Adagrad state): 0.7905, 19-28 s a run. Most of the
-gain needs what separate runs have: their own tables' optimizer state, their own batch
-order, their own best epoch.
+halves of a row sharing its row-wise Adagrad state): 0.7905, 19-28 s a run. With their own
+tables too (own Adagrad state, gradients clipped per member; a scratch ``model.members: 2``,
+2026-12-01): 0.7903 (validation 0.7934), at 2.2-3.5x the epoch cost. Most of the gain needs
+what separate runs have: their own batch order and their own best epoch. What one run can
+have instead is ``train.average`` (docs/benchmarks.md, "Epoch averaging"): the mean of the
+weights of its last epochs, at no extra epochs, gets as far as two averaged runs.
 
 Last line: one JSON object ``{split: {"single": mean test WAUC of the first member,
 "ensemble", "single_valid", "ensemble_valid", "delta_per_seed"}}``.

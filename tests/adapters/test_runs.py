@@ -41,7 +41,8 @@ def load_dcp(directory: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def two_phase(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("mlora") / "two_phase"
-    return out, train(config(data), out)
+    # the backbone's pretraining averages its epochs (train.average); the adapter phase does not
+    return out, train(config(data, average={"from_epoch": 0}), out)
 
 
 def test_two_phase_freezes_tables_and_backbone_bit_identically(two_phase):
@@ -51,6 +52,8 @@ def test_two_phase_freezes_tables_and_backbone_bit_identically(two_phase):
     assert run["backbone_unchanged"] is True
     pre = ckpt.read_state(out / "checkpoints" / "pretrain")
     post = ckpt.read_state(out / "checkpoints")
+    assert pre.history[-1]["averaged"] == [0, 1]  # the pretraining's 2 epochs were averaged
+    assert not any("averaged" in h for h in post.history)  # the adapter phase selects per domain
     before = load_dcp(ckpt.epoch_dir(out / "checkpoints" / "pretrain", pre.best_epoch))
     after = load_dcp(ckpt.epoch_dir(out / "checkpoints", post.best_epoch))
     backbone = [k for k in before if "lora_" not in k]
@@ -89,7 +92,7 @@ def test_joint_mode_trains(data, tmp_path):
 
 def test_onboard_new_domain_leaves_other_domains_bit_identical(data, tmp_path):
     base = tmp_path / "base"
-    train(config(data, domains=["M"]), base)  # F held back
+    train(config(data, domains=["M"], average={}), base)  # F held back; finetune does not average
     assert [r["domain"] for r in list_adapters(base)] == ["M"]
     before = predict(base, data, domains=["M"])
     meta = finetune(base, "F", data, tmp_path / "adapter-F", epochs=2, rows="cold")
