@@ -31,7 +31,7 @@ validation 0.7934 / 0.7929 / 0.7896, the same as without it, so the recipe knobs
 
 Usage: python benchmarks/model_zoo.py [--towers mlp dcnv2 deepfm finalmlp]
        [--splits gender age3 occupation] [--seeds 0 1 2 3 4] [--epochs N]
-       [--config TOWER=PATH ...]
+       [--config TOWER=PATH ...] [--average FROM_EPOCH] [--patience N]
 """
 
 from __future__ import annotations
@@ -76,10 +76,15 @@ def tower_configs(towers: list[str], given: list[str]) -> dict[str, tuple[Path, 
     return out
 
 
-def split_config(cfg: TrainConfig, split: str, epochs: int | None) -> TrainConfig:
+def split_config(cfg: TrainConfig, split: str, epochs: int | None, average: int | None = None,
+                 patience: int | None = None) -> TrainConfig:
     over = {"data": SPLITS[split]}
     if epochs is not None:
         over["train.epochs"] = epochs
+    if average is not None:
+        over["train.average"] = {"from_epoch": average}
+    if patience is not None:
+        over["train.patience"] = patience
     return with_overrides(cfg, over)
 
 
@@ -118,6 +123,9 @@ def main() -> int:
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs (quick smoke runs)")
+    p.add_argument("--average", type=int, default=None, metavar="FROM_EPOCH",
+                   help="set train.average: {from_epoch: FROM_EPOCH} in every tower's config")
+    p.add_argument("--patience", type=int, default=None, help="override train.patience")
     p.add_argument("--config", action="append", default=[], metavar="TOWER=PATH",
                    help="a tower's own (tuned) config instead of the default one; repeatable")
     args = p.parse_args()
@@ -130,7 +138,7 @@ def main() -> int:
         for tower, (_, base) in configs.items():
             rows[tower] = {}
             for split in args.splits:
-                cfg = split_config(base, split, args.epochs)
+                cfg = split_config(base, split, args.epochs, args.average, args.patience)
                 params, tower_params = parameter_counts(cfg)
                 runs, seconds, best, valid, walls = [], [], [], [], []
                 for seed in args.seeds:

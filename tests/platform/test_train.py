@@ -309,6 +309,10 @@ def test_epoch_averaging_in_a_run_and_where_it_does_not_apply(ml_gender, tmp_pat
     assert rows[-1]["averaged"] == [1, 2] and rows[-1]["valid_wauc"] > 0.7
     again = evaluate(tmp_path / "avg")
     assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+    two = train(cfg, tmp_path / "avg-ws2", world_size=2)  # each rank averages its own shards
+    history2 = json.loads((tmp_path / "avg-ws2" / "history.json").read_text())
+    rows2 = history2["history"]["all"] if isinstance(history2, dict) else history2
+    assert rows2[-1]["averaged"] == [1, 2] and abs(two["auc"] - metrics["auc"]) <= 0.003
     with pytest.raises(Exception, match="from_epoch"):
         make_config(ml_gender, train={"average": {"from_epoch": -1}})
     layout = feature_layout(load_spec(ml_gender), cfg.model, cfg.baseline)
