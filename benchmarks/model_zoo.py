@@ -9,11 +9,14 @@ initialisation seed s (default 0-4).
 
 Prints per split the per-domain test AUC of each tower (mean over seeds), then one table:
 test AUC and WAUC mean +- std over seeds, parameters (tables + tower, and the tower alone),
-seconds per training epoch (mean over every epoch of every seed, from the run's
-``history.json``) and each seed's best (kept) epoch. Last line: one JSON object
-``{tower: {split: {"auc_mean", "auc_std", "wauc_mean", "wauc_std", "params",
-"tower_params", "sec_per_epoch", "best_epochs", "valid_wauc_mean"}}}`` (the last: the kept
-epoch's validation WAUC, mean over seeds: what a choice between configs may look at).
+seconds per training epoch (mean over every trained epoch of every seed, from the run's
+``history.json``) and each seed's best (kept) epoch (``avg``: the average of
+``train.average``). Last line: one JSON object ``{tower: {split: {"auc_mean", "auc_std",
+"wauc_mean", "wauc_std", "params", "tower_params", "sec_per_epoch", "best_epochs",
+"run_seconds", "valid_wauc_mean"}}}`` (``run_seconds``: a run's wall time, mean over seeds;
+``valid_wauc_mean``: the kept model's validation WAUC, mean over seeds: what a choice
+between configs may look at). ``--average`` / ``--patience`` set ``train.average`` and
+``train.patience`` in every tower's config (the shipped config has both).
 
 Findings (2026-11-30; README "Measured"): untuned, on the shipped config's settings, test
 WAUC gender / age3 / occupation: mlp 0.7892 / 0.7884 / 0.7847, finalmlp 0.7877 / 0.7869 /

@@ -281,6 +281,7 @@ class Trainer:
             log.info("epoch averaging: %d epoch(s) from epoch %d, nothing to average", len(epochs),
                      self.cfg.train.average.from_epoch)
             return
+        t0 = time.perf_counter()
         first: dict[str, torch.Tensor] = {}
         total: dict[str, torch.Tensor] = {}
         changed: set[str] = set()
@@ -300,7 +301,6 @@ class Trainer:
                 if k in first:
                     v.copy_(total[k].div_(len(epochs)) if k in changed else first[k])
         epoch = state.last_epoch + 1
-        t0 = time.perf_counter()
         valid = self.evaluate("valid") if self.validation else {"auc": None, "wauc": None, "logloss": None}
         ckpt.save(self.model, self.optimizer, ckpt.epoch_dir(self.ckpt_dir, epoch))
         wauc = valid["wauc"] if valid["wauc"] is not None else float("-inf")

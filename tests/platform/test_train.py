@@ -313,6 +313,10 @@ def test_epoch_averaging_in_a_run_and_where_it_does_not_apply(ml_gender, tmp_pat
     history2 = json.loads((tmp_path / "avg-ws2" / "history.json").read_text())
     rows2 = history2["history"]["all"] if isinstance(history2, dict) else history2
     assert rows2[-1]["averaged"] == [1, 2] and abs(two["auc"] - metrics["auc"]) <= 0.003
+    blind = make_config(ml_gender, train={"epochs": 2, "validation": False, "average": {"from_epoch": 0}})
+    train(blind, tmp_path / "blind")  # no validation: the average is the model
+    state = ckpt.read_state(tmp_path / "blind" / "checkpoints")
+    assert (state.best_epoch, state.last_epoch) == (2, 2) and state.history[-1]["averaged"] == [0, 1]
     with pytest.raises(Exception, match="from_epoch"):
         make_config(ml_gender, train={"average": {"from_epoch": -1}})
     layout = feature_layout(load_spec(ml_gender), cfg.model, cfg.baseline)
