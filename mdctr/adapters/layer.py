@@ -348,6 +348,11 @@ class MLoRALinear(nn.Linear):
                 target.copy_(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # mixed precision (train.precision): the routed kernels are float32, so this layer
+            # runs outside autocast; the layers around it keep it
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.float())
         routing = self.context.routing
         if routing is None:
             raise RuntimeError("MLoRALinear called without a domain routing (use the adapted model's forward)")

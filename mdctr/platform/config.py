@@ -171,6 +171,12 @@ class TrainLoopConfig(StrictModel):
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
     #: average the weights of the last epochs into the model (off: the best epoch's weights)
     average: AverageConfig | None = None
+    #: ``bfloat16``: mixed precision. The forward pass of training runs under
+    #: ``torch.autocast(bfloat16)``: the tower's matrix products in bfloat16; weights, tables,
+    #: optimizer state, the loss and the gradients' accumulation in float32. Validation,
+    #: test, labels and exports run float32. Fast on CPUs with bfloat16 instructions
+    #: (AVX512-BF16, AMX) and on GPUs that support it; elsewhere slower than ``float32``.
+    precision: Literal["float32", "bfloat16"] = "float32"
 
     def selection(self) -> Selection:
         """The rows this loop trains and evaluates on (split, domains, window)."""

@@ -14,8 +14,8 @@ torch's, so a run's weights differ from a torch-dropout run of the same seed by 
 randomness of dropout only.
 
 In eval mode, or with ``p = 0``, the layer is the identity. Inputs the kernel does not take
-(CUDA, other dtypes, builds without the compiled kernels) and scripted (exported) models in
-train mode run :func:`torch.nn.functional.dropout`.
+(CUDA, dtypes other than float32 and bfloat16, builds without the compiled kernels) and
+scripted (exported) models in train mode run :func:`torch.nn.functional.dropout`.
 """
 
 from __future__ import annotations
@@ -44,19 +44,21 @@ class _HashDropout(torch.autograd.Function):
 
 def hash_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """``x`` with element ``i`` zeroed unless ``hash(seed, i) >= p * 2^32``, the rest scaled
-    by ``1 / (1 - p)`` (``x`` a float32 CPU tensor; the compiled kernels must be built)."""
+    by ``1 / (1 - p)`` (``x`` a float32 or bfloat16 CPU tensor, the same mask for both; the
+    compiled kernels must be built)."""
     if kernels is None:
         raise RuntimeError("hash_dropout needs mdctr's compiled kernels (mdctr.core.native.status())")
     return _HashDropout.apply(x.contiguous(), float(p), int(seed))
 
 
 def kernel_applies(x: torch.Tensor) -> bool:
-    return (kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    return (kernels is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and x.numel() < _MAX_ELEMENTS)
 
 
 class Dropout(nn.Module):
-    """``nn.Dropout(p)``, with the compiled hash mask for float32 CPU activations in training."""
+    """``nn.Dropout(p)``, with the compiled hash mask for float32 and bfloat16 CPU activations
+    in training."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()

@@ -33,6 +33,7 @@ from mdctr.platform.distributed import dense_optimizer, shard, table_param_names
 from mdctr.platform.metrics import auc_standard_error, compute_metrics
 from mdctr.platform.job import Job, TrainerHooks
 from mdctr.platform.model import FeatureLayout
+from mdctr.platform.precision import autocast, float32, warn_if_emulated
 from mdctr.platform.schedule import LRSchedule
 
 log = logging.getLogger("mdctr.train")
@@ -67,6 +68,8 @@ class Trainer:
         self.keep_only = job.keep_only
         self._kept: dict[str, torch.Tensor] = {}  # keep_only: the best epoch's entries
         self.rank, self.world_size, self.device = rank, world_size, device
+        if rank == 0:
+            warn_if_emulated(device, cfg.train.precision)
         self.selection: Selection = job.selection
         self.domain_map = None if job.model_domains is None else torch.tensor(
             [job.model_domains.index(d) if d in job.model_domains else 0 for d in reader.spec.domain_names])
@@ -159,8 +162,9 @@ class Trainer:
                     epoch=epoch if trained is None else trained, step=step, history=history):
                 self.model.fused_optimizer.zero_grad()  # fbgemm takes the group's new lr here
             batch = batch.to(self.device, non_blocking=True)
-            output = self.model(batch.sparse, batch.dense, self._model_domain(batch.domain), batch.inputs)
-            loss = self.loss_fn(output, batch)
+            with autocast(self.device, self.cfg.train.precision):
+                output = self.model(batch.sparse, batch.dense, self._model_domain(batch.domain), batch.inputs)
+            loss = self.loss_fn(float32(output), batch)
             penalty = getattr(self.net, "penalty", None)
             self.dense_opt.zero_grad(set_to_none=True)
             if penalty is not None:

@@ -265,3 +265,24 @@ def test_a_domain_trains_alone_only_in_a_bank_of_its_own():
     assert domain_parameter_names(model, "c") == {"0.lora_A_1", "0.lora_B_1", "0.lora_bias_1"}
     with pytest.raises(ValueError, match=r"'a' shares its adapter bank with \['a', 'b'\]"):
         domain_parameter_names(model, "a")
+
+
+def test_under_bfloat16_autocast_the_routed_layer_runs_float32():
+    """``train.precision: bfloat16``: the routed kernels are float32, so an adapted layer
+    steps out of autocast (a bfloat16 input is widened) and computes what it computes without
+    it; its gradients reach the bfloat16 input."""
+    ctx, layer = make_layer()
+    randomise(layer)
+    x = torch.randn(24, 10)
+    ctx.set(torch.randint(0, 3, (24,)).sort().values)
+    plain = layer(x)
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(xb)
+        assert nn.Linear(10, 8)(x).dtype == torch.bfloat16  # autocast is on around the layer
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, layer(xb.detach().float()), rtol=0, atol=0)
+    torch.testing.assert_close(out, plain, rtol=0.02, atol=0.02)  # x rounded to bfloat16 only
+    out.sum().backward()
+    assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
+    assert grad_of(layer, 1, "a") is not None

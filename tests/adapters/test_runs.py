@@ -85,8 +85,10 @@ def test_evaluate_two_phase_run_reproduces_metrics(two_phase, tmp_path):
     assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
 
 
-def test_joint_mode_trains(data, tmp_path):
-    m = train(config(data, mode="joint"), tmp_path / "joint")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_joint_mode_trains(data, tmp_path, precision):
+    """Also in mixed precision: the adapted layers step out of autocast (test_layer.py)."""
+    m = train(config(data, mode="joint", precision=precision), tmp_path / "joint")
     assert m["auc"] > 0.75 and set(m["domains"]) == {"F", "M"}
 
 

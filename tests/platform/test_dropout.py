@@ -55,6 +55,29 @@ def test_backward_applies_the_forward_mask_to_the_gradient():
     torch.testing.assert_close(x.grad, expected, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("p", [0.124, 0.5])
+def test_bfloat16_takes_the_float32_mask_and_rounds_like_torch(p):
+    """A mixed-precision run's activations (``train.precision: bfloat16``): the same mask as
+    float32 for the same seed, the kept values scaled in float32 and rounded to the nearest
+    even bfloat16 as torch rounds; forward and backward."""
+    x = (torch.randn(257, 300) * 50).bfloat16().requires_grad_()
+    y = hash_dropout(x, p, seed=42)
+    assert y.dtype == torch.bfloat16
+    mask = hash_dropout(torch.ones(x.shape), p, seed=42) != 0
+    assert torch.equal(y != 0, mask & (x != 0))
+    expected = (x.detach().float() * mask / (1 - p)).bfloat16()
+    assert torch.equal(y.detach(), expected)  # bit for bit
+    g = torch.randn(x.shape).bfloat16()
+    y.backward(g)
+    assert x.grad.dtype == torch.bfloat16
+    assert torch.equal(x.grad, (g.float() * mask / (1 - p)).bfloat16())
+    d = Dropout(p)  # the module takes the kernel for bfloat16 too
+    torch.manual_seed(3)
+    got = d(x.detach())
+    torch.manual_seed(3)
+    assert torch.equal(got, hash_dropout(x.detach(), p, int(torch.randint(2 ** 63 - 1, (), dtype=torch.int64))))
+
+
 def test_module_draws_its_seed_from_torch_so_seeded_runs_repeat():
     d = Dropout(0.25)
     x = torch.randn(128, 64)
