@@ -194,9 +194,11 @@ class FinalMLPTower(nn.Module):
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
         """The multi-head bilinear fusion of the two streams' last hidden layers -> (B,)."""
         b = h1.shape[0]
-        k1 = h1.reshape(b, self.heads, -1)
+        k1 = h1.reshape(b, self.heads, -1).transpose(0, 1)  # (heads, B, H / heads)
         k2 = h2.reshape(b, self.heads, -1)
-        pairwise = torch.einsum("bhi,hij,bhj->b", k1, self.bilinear, k2)
+        # one GEMM per head (batched), then a row-wise dot product: the einsum
+        # "bhi,hij,bhj->b" as torch would run it (a batch of B tiny GEMMs last) costs 1.7x
+        pairwise = (torch.bmm(k1, self.bilinear).transpose(0, 1) * k2).sum(dim=(1, 2))
         return self.mlp.head(h1).squeeze(-1) + self.mlp2.head(h2).squeeze(-1) + pairwise
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, return_hidden: bool = False):
