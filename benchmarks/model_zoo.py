@@ -32,7 +32,10 @@ default every tower runs on FinalMLP's settings). The recipe study on top of it
 validation 0.7934 / 0.7929 / 0.7896, the same as without it, so the recipe knobs stay off
 (docs/benchmarks.md). With ``--average 0 --patience 4`` (as shipped since 2026-12-01),
 gender, split seeds 0-4: finalmlp 0.7936 (validation 0.7958), mlp 0.7930 (0.7951), dcnv2
-0.7932 (0.7951), deepfm 0.7904 (0.7928): FinalMLP keeps the best validation.
+0.7932 (0.7951), deepfm 0.7904 (0.7928): FinalMLP keeps the best validation. With
+``train.precision: bfloat16`` (as shipped since 2026-12-02; ``precision_speed.py``) finalmlp
+0.7935 / 0.7931 / 0.7901 (validation 0.7956 / 0.7952 / 0.7919), 1.8 s per epoch against
+2.2-2.5 s in float32 that day.
 
 Usage: python benchmarks/model_zoo.py [--towers mlp dcnv2 deepfm finalmlp]
        [--splits gender age3 occupation] [--seeds 0 1 2 3 4] [--epochs N]
