@@ -18,6 +18,7 @@ import shutil
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -40,6 +41,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import KeyedOptimizerWrapper
+from tqdm import tqdm  # the base class of every tqdm bar (tqdm.auto's too)
 
 from mdctr.core.environ import scoped_env
 from mdctr.core.errors import ConfigError
@@ -199,7 +201,13 @@ def _spawned_worker(rank: int, world_size: int, rendezvous: str, fn: Callable, a
     ``PyThread_exit_thread``). Once the process group is destroyed and the logs flushed,
     there is nothing left to finalize, so the rank exits at once with status 0. Errors
     still propagate to :func:`torch.multiprocessing.spawn` as usual.
+
+    Exiting so skips multiprocessing's own clean-up too: a semaphore the rank made would be
+    reported "leaked" by the parent's resource tracker. tqdm makes one (its default lock is a
+    ``multiprocessing.RLock``, to share a terminal between processes); a rank's bars need a
+    thread lock only.
     """
+    tqdm.set_lock(threading.RLock())
     _worker(rank, world_size, rendezvous, fn, args)
     logging.shutdown()
     sys.stdout.flush()

@@ -121,6 +121,34 @@ def test_spawned_ranks_exit_cleanly_right_after_a_collective(tmp_path):
         assert [float(Path(out, f"rank{r}").read_text()) for r in range(2)] == [4096.0, 4096.0]
 
 
+BARS = """
+from tqdm.auto import tqdm
+
+from mdctr.platform import distributed
+
+
+def bars(rank, world):
+    for _ in tqdm(range(3), disable=None):
+        pass
+
+
+if __name__ == "__main__":
+    distributed.launch(bars, 2)
+    print("ok")
+"""
+
+
+def test_spawned_ranks_leave_no_semaphore_for_the_resource_tracker(tmp_path):
+    """A rank exits without finalization; a progress bar it drew must not leave a
+    multiprocessing semaphore that the parent's resource tracker reports as leaked when the
+    parent exits (tqdm's default lock is one)."""
+    script = tmp_path / "bars.py"
+    script.write_text(BARS)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert "leaked semaphore" not in proc.stderr, proc.stderr
+
+
 def fails_on_rank_one(rank: int, world: int) -> None:
     if rank == 1:
         raise ValueError("rank one's own error")
