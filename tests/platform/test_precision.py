@@ -82,3 +82,10 @@ def test_a_bfloat16_run_matches_float32_within_noise_and_serves_float32(ml_gende
     assert weights and all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
     again = evaluate(tmp_path / "bf16", split="test", out=tmp_path / "m.json")
     assert again["auc"] == pytest.approx(m16["auc"], abs=1e-6)
+
+
+def test_the_config_takes_float32_by_default_and_refuses_other_precisions(ml_gender, make_config):
+    assert make_config(ml_gender).train.precision == "float32"
+    assert make_config(ml_gender, train={"precision": "bfloat16"}).train.precision == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        make_config(ml_gender, train={"precision": "float16"})
