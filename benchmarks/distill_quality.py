@@ -29,6 +29,12 @@ last line ``{"ml_window": {"student", "direct", "aux", "teacher", "aux_minus_stu
 "aux_minus_direct_per_seed", "chosen", "std", "logloss", "valid"}, "ml_biased": {...}, "synthetic_drift": {...},
 "same_data": {...}, "parameters": {...}}`` (mean test WAUC).
 
+Findings with students on the shared config's settings (2026-12-02: epochs averaged,
+patience 4, bfloat16; ml_window only): validation student 0.6943, direct w 0.5 0.7097 (the
+best-epoch float32 student: 0.7100), best aux w 16 0.7066; test student 0.6897, direct
+0.7127, aux 0.7163 (aux - student +0.0266, 5 of 5), teacher 0.7092. Validation does not
+move, so the shipped student config keeps its settings.
+
 Findings with the FinalMLP student and teacher (2026-12-01, the auxiliary head on both
 streams; docs/benchmarks.md has the table): ml_window student 0.6910, aux 0.7064 (+0.0154, 5
 of 5 seeds; seeds 5-9: +0.0211, 5 of 5), direct 0.7107, teacher 0.7100; validation picks direct weight 0.5 (0.7101; best
