@@ -47,9 +47,10 @@ def warn_if_emulated(device: torch.device, precision: str) -> None:
 
 
 def float32(output):
-    """``output`` (a tensor, or a tuple / NamedTuple of them) with its floating tensors float32."""
+    """``output`` (a tensor, or a tuple / NamedTuple of them) with its half-precision tensors
+    (what autocast made) widened to float32; the rest as they are."""
     if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() and output.dtype != torch.float32 else output
+        return output.float() if output.dtype in (torch.bfloat16, torch.float16) else output
     if isinstance(output, tuple):
         items = [float32(o) for o in output]
         return type(output)(*items) if hasattr(output, "_fields") else tuple(items)

@@ -42,8 +42,8 @@ def test_float32_widens_tensors_and_named_tuples_and_keeps_the_rest():
     assert isinstance(out, StudentLogits) and out.served.dtype == out.aux.dtype == torch.float32
     ids = torch.arange(3)
     assert precision.float32((served, ids))[1] is ids
-    same = torch.ones(2)
-    assert precision.float32(same) is same
+    same, wide = torch.ones(2), torch.ones(2, dtype=torch.float64)
+    assert precision.float32(same) is same and precision.float32(wide) is wide
 
 
 def test_an_emulated_bfloat16_is_warned_about(monkeypatch):
