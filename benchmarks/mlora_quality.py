@@ -59,10 +59,11 @@ Findings (2026-11-30; split seeds 0-2, test WAUC, delta = MLoRA - shared, paired
 - Re-measured with the hash-mask dropout (2026-12-01): gender / age3 / occupation shared
   0.7851 / 0.7843 / 0.7818, MLoRA the same but occupation +0.0001 (seed 0 keeps 2 of 21
   adapters, +0.0004); synthetic 0.6798 -> 0.7080 (+0.0282, 8/8).
-- ``mlora_joint`` with the shipped settings (epochs averaged, bfloat16; 2026-12-02; gender
-  seeds 0-1 only, stopped for machine time): 0.7863 / 0.7891 against shared 0.7854 / 0.7895
-  (+0.0009 / -0.0004). Averaging takes joint's earlier deficit (-0.002 to -0.004) away but
-  shows no gain of the size sought on these two seeds.
+- With the shipped settings of 2026-12-02 (epochs averaged, patience 4, bfloat16; split
+  seeds 0-2): gender / age3 / occupation shared 0.7883 / 0.7876 / 0.7847; MLoRA (two_phase)
+  the same on gender and age3 (0 domains kept), occupation -0.0001 (2, 0, 2 of 21 kept);
+  ``mlora_joint`` 0.7877 / 0.7867 / 0.7840 (-0.0006 / -0.0009 / -0.0007). Averaging takes
+  most of joint's earlier deficit (-0.002 to -0.004) away, but no gain appears.
 - Per-domain learning curves: ``history.json`` of any MLoRA run has every epoch's
   ``valid_domain_auc`` and ``valid_domain_se``.
 
