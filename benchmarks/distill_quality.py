@@ -33,7 +33,9 @@ Findings with students on the shared config's settings (2026-12-02: epochs avera
 patience 4, bfloat16; ml_window only): validation student 0.6943, direct w 0.5 0.7097 (the
 best-epoch float32 student: 0.7100), best aux w 16 0.7066; test student 0.6897, direct
 0.7127, aux 0.7163 (aux - student +0.0266, 5 of 5), teacher 0.7092. Validation does not
-move, so the shipped student config keeps its settings.
+move, so the shipped student config keeps its settings. The teacher in bfloat16 (shipped
+since): validation 0.7941 (float32 0.7943), test 0.7090, students' validation direct 0.7101,
+best aux 0.7072, at 34-45 s a teacher run instead of 70-81 s.
 
 Findings with the FinalMLP student and teacher (2026-12-01, the auxiliary head on both
 streams; docs/benchmarks.md has the table): ml_window student 0.6910, aux 0.7064 (+0.0154, 5
