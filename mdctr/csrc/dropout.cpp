@@ -31,6 +31,9 @@ inline uint32_t lowbias32(uint32_t x) {
   return x;
 }
 
+// Element i of a call keeps iff keep_bits(i) >= threshold: the one mask rule of every dtype
+inline uint32_t keep_bits(uint32_t i, uint32_t k0, uint32_t k1) { return lowbias32(lowbias32(i ^ k0) + k1); }
+
 // Vectorised: a 32-bit counter, no branch (a kept element times scale, a dropped one times
 // 0, as torch's input * mask), and compiled for AVX2 too (8 lanes), picked at load time.
 __attribute__((target_clones("avx2", "default")))
@@ -41,7 +44,7 @@ void masked_scale(const float* __restrict x, float* __restrict y, int64_t begin,
   float* ys = y + begin;
   const auto c0 = static_cast<uint32_t>(begin);
   for (int64_t j = 0; j < n; ++j) {
-    const uint32_t r = lowbias32(lowbias32((c0 + static_cast<uint32_t>(j)) ^ k0) + k1);
+    const uint32_t r = keep_bits(c0 + static_cast<uint32_t>(j), k0, k1);
     ys[j] = xs[j] * (r >= threshold ? scale : 0.0f);
   }
 }
@@ -56,7 +59,7 @@ void masked_scale_bf16(const uint16_t* __restrict x, uint16_t* __restrict y, int
   uint16_t* ys = y + begin;
   const auto c0 = static_cast<uint32_t>(begin);
   for (int64_t j = 0; j < n; ++j) {
-    const uint32_t r = lowbias32(lowbias32((c0 + static_cast<uint32_t>(j)) ^ k0) + k1);
+    const uint32_t r = keep_bits(c0 + static_cast<uint32_t>(j), k0, k1);
     float f;
     uint32_t u = static_cast<uint32_t>(xs[j]) << 16;
     std::memcpy(&f, &u, sizeof f);
