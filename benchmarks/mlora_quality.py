@@ -96,11 +96,21 @@ DATASETS = {
 }
 
 
-def mode_config(dataset: str, mode: str, seed: int) -> TrainConfig:
+#: ``--hide-domain``: the fields that name a MovieLens split's domain (the user's id determines it too)
+DOMAIN_FIELDS = {"gender": ("user_id", "gender"), "age3": ("user_id", "age"),
+                 "occupation": ("user_id", "occupation")}
+MOVIELENS_FIELDS = ("user_id", "item_id", "age", "occupation", "gender", "zip_prefix", "release_year", "genres")
+
+
+def mode_config(dataset: str, mode: str, seed: int, hide_domain: bool = False) -> TrainConfig:
     data, train_over = DATASETS[dataset]
     base = "movielens_gender_mlora.yaml" if mode.startswith("mlora") else "movielens_gender_shared.yaml"
     raw = load_config(REPO / "configs" / base).model_dump(mode="json", exclude={"tune"})
     raw["data"] = data
+    if hide_domain:
+        if dataset not in DOMAIN_FIELDS:
+            raise SystemExit(f"--hide-domain: only for {', '.join(DOMAIN_FIELDS)} (got {dataset})")
+        raw["model"]["fields"] = [f for f in MOVIELENS_FIELDS if f not in DOMAIN_FIELDS[dataset]]
     raw["train"].update({**train_over, "seed": seed, "split_seed": seed})
     if mode == "mlora_joint":
         raw["adapters"] = {"mode": "joint", "alpha": raw["adapters"]["alpha"]}
@@ -119,32 +129,48 @@ def kept_adapters(run_dir: Path) -> str:
     return f"{sum(1 for e in selected.values() if e)}/{len(selected)}" if selected else "-"
 
 
+def served_valid_wauc(run_dir: Path) -> float:
+    """The validation WAUC of the model a run serves: its last phase's per-domain selection
+    when it made one, else its best record (an epoch average is kept only if it is best)."""
+    phases = json.loads((run_dir / "history.json").read_text())["history"]
+    records = list(phases.values())[-1]
+    if "selected" in records[-1]:
+        return records[-1]["valid_wauc"]
+    return max(r["valid_wauc"] for r in records)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--modes", nargs="+", default=["shared", "mlora"], choices=MODES)
+    p.add_argument("--hide-domain", action="store_true",
+                   help="MovieLens: leave out user_id and the split's own field, so the domain is not an input")
     args = p.parse_args()
     results: dict = {}
     kept: dict = {}
+    valid: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for ds in args.datasets:
-            results[ds], kept[ds] = {}, {}
+            results[ds], kept[ds], valid[ds] = {}, {}, {}
             for mode in args.modes:
-                runs, kept[ds][mode] = [], []
+                runs, kept[ds][mode], valid[ds][mode] = [], [], []
                 for seed in args.seeds:
                     t0 = time.perf_counter()
                     out = Path(tmp) / f"{ds}-{mode}-{seed}"
-                    m = train(mode_config(ds, mode, seed), out)
+                    m = train(mode_config(ds, mode, seed, args.hide_domain), out)
                     runs.append(m)
                     kept[ds][mode].append(kept_adapters(out))
-                    print(f"{ds:<11}{mode:<23}seed {seed}  WAUC {m['wauc']:.4f}  AUC {m['auc']:.4f}  kept "
+                    valid[ds][mode].append(served_valid_wauc(out))
+                    print(f"{ds:<11}{mode:<23}seed {seed}  WAUC {m['wauc']:.4f}  AUC {m['auc']:.4f}  "
+                          f"valid WAUC {valid[ds][mode][-1]:.4f}  kept "
                           f"{kept[ds][mode][-1]:<6}({time.perf_counter() - t0:.0f} s)", flush=True)
                 results[ds][mode] = runs
     summary = summarise(results, args.seeds)
     out: dict = {}
     for ds, modes in summary.items():
         out[ds] = {m: v["wauc_mean"] for m, v in modes.items()}
+        out[ds]["valid"] = {m: round(statistics.mean(valid[ds][m]), 5) for m in modes}
         if "shared" in modes and "mlora" in modes:
             diffs = [a["wauc"] - b["wauc"] for a, b in zip(results[ds]["mlora"], results[ds]["shared"])]
             out[ds].update({"delta": round(statistics.mean(diffs), 5), "std": modes["mlora"]["wauc_std"],

@@ -147,8 +147,23 @@ def train(config: str | Path | TrainConfig, out: str | Path, **kw) -> dict:
     cfg = platform_run.resolve_config(config, loader=load_config, **{k: kw.pop(k) for k in
                                       ("world_size", "split_seed", "seed", "workers") if k in kw})
     if isinstance(cfg, MLoRATrainConfig):
-        return platform_run.train(cfg, out, loader=load_config, planner=mlora_jobs, **kw)
+        metrics = platform_run.train(cfg, out, loader=load_config, planner=mlora_jobs, **kw)
+        _hint_if_no_adapter_kept(Path(out))
+        return metrics
     return platform_run.train(cfg, out, **kw)
+
+
+def _hint_if_no_adapter_kept(run_dir: Path) -> None:
+    """two_phase with per-domain selection: say so when every domain kept the shared model.
+    Its adapters learn from the rows the backbone was trained on, so they find nothing the
+    backbone has not fitted; on MovieLens-100K with the domain hidden from the inputs, joint
+    training recovered the domain's signal where two_phase kept no adapter
+    (benchmarks/mlora_quality.py, --hide-domain)."""
+    selected = AdapterRunDir(run_dir).info.get("selected_epochs")
+    if isinstance(selected, dict) and selected and not any(selected.values()):
+        log.warning("no domain's adapter beat the shared model on its validation rows, so every domain "
+                    "serves the shared backbone; if the model's inputs do not tell the domains apart, "
+                    "adapters.mode: joint learns what separates them (two_phase suits new domains)")
 
 
 class AdapterRunDir(RunDir):

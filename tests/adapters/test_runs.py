@@ -235,6 +235,26 @@ def test_per_domain_selection_keeps_each_domains_best_adapter_epoch(data, tmp_pa
     assert all(out["final"][k].abs().sum() == 0 for k in out["final"] if "lora_B" in k and k.endswith(".M"))
 
 
+def test_two_phase_says_when_every_domain_kept_the_shared_model(two_phase, tmp_path, caplog):
+    """A two_phase run whose domains all kept the untrained adapter warns once, naming the
+    ``joint`` mode; a run that kept one adapter does not."""
+    import shutil
+
+    from mdctr.adapters.run import _hint_if_no_adapter_kept
+
+    out, _ = two_phase
+    for selected, warned in (({"F": 0, "M": 0}, True), ({"F": 2, "M": 0}, False)):
+        copy = tmp_path / f"run-{len(caplog.records)}-{selected['F']}"
+        shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
+        run = json.loads((copy / "run.json").read_text())
+        (copy / "run.json").write_text(json.dumps({**run, "selected_epochs": selected}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mdctr.train"):
+            _hint_if_no_adapter_kept(copy)
+        hints = [r.getMessage() for r in caplog.records if "adapters.mode: joint" in r.getMessage()]
+        assert len(hints) == (1 if warned else 0), selected
+
+
 def test_per_domain_selection_margin_keeps_the_start_unless_the_gain_beats_the_noise():
     """``adapters.min_gain_se``: a domain's later epoch counts only if its validation AUC beats
     its start by more than that many standard errors (Hanley-McNeil, from its validation
