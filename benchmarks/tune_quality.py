@@ -4,9 +4,11 @@ For the shared backbone (``configs/movielens_gender_shared.yaml``) and MLoRA
 (``configs/movielens_gender_mlora.yaml``), each with its own ``tune:`` space:
 
 1. a ``--trials`` study (default 24) with K = ``--parallel`` (default 2) trials at once on a
-   private local Ray cluster, validation WAUC as the objective (split seed 0), median pruning;
+   private local Ray cluster, validation WAUC as the objective (the mean over the config's
+   ``tune.split_seeds``: 0, 1, 2 for the shared config; else split seed 0), median pruning;
    wall minutes and pruned trials are reported;
-2. the default config's validation WAUC (split seed 0, trained as a trial is: no test rows);
+2. the default config's validation WAUC, trained as a trial is (no test rows; the mean over
+   ``tune.split_seeds`` when the study uses several splits);
 3. the default config and the best trial's config retrained with split seeds 0, 1, 2: test
    WAUC mean ± std of each.
 
@@ -61,7 +63,11 @@ def study_model(name: str, trials: int, parallel: int, seeds: list[int], work: P
     if split_seeds:  # score every trial on these splits' validation rows (tune.split_seeds)
         cfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"split_seeds": split_seeds})})
     default = cfg.model_copy(update={"tune": None})
-    default_valid = train(default, work / name / "default-valid", test=False)["valid_wauc"]
+    # the default scored as a trial is: the mean over the study's split seeds (or the config's split)
+    valid_seeds = cfg.tune.split_seeds or [None]
+    default_valid = round(statistics.mean(
+        train(default, work / name / f"default-valid-{s}", test=False, split_seed=s)["valid_wauc"]
+        for s in valid_seeds), 6)
     t0 = time.perf_counter()
     result = tune(CONFIGS[name], cfg, trials=trials, parallel=parallel, study=f"bench-{name}",
                   out=work / name / "study")
