@@ -50,10 +50,12 @@ def tune_cmd(
 
 @app.command("show")
 def show_cmd(
-    study: str = typer.Option(..., "--study", help="Study name."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the latest study: the "
+                                                               "newest journal file, or in --storage the "
+                                                               "study started last)."),
     storage: Optional[str] = StorageOpt,
 ) -> None:
     """A study's report: best trials, their parameters, importances, failures."""
-    from mdctr.orchestration.tune.study import report
+    from mdctr.orchestration.tune.study import latest_study, report
 
-    typer.echo(report(study, storage).table)
+    typer.echo(report(study or latest_study(storage), storage).table)

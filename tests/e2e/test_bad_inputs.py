@@ -405,6 +405,7 @@ MISMATCH = [
          setup=(("cp", "train.yaml", "c.yaml"),
                 ("edit", "c.yaml", "data:", "tune: {space: {optim.dense.lr: {float: [0.001, 0.01]}}}\ndata:"))),
     case("tune-show-unknown-study", "tune show --study nope --storage {T}/s.journal", "nope"),
+    case("tune-show-latest-no-journal", "tune show --storage {T}/s.journal", "{T}/s.journal"),
     case("tune-storage-is-a-directory", "tune show --study nope --storage {T}/full", "--storage",
          setup=(FULL,)),
 ]

@@ -5,6 +5,7 @@ storage read back with plain Optuna."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -135,6 +136,35 @@ def test_a_local_study_records_a_failed_trial_and_writes_a_best_config_that_trai
     assert "0 running" in resumed.table and "trial 3 failed: left running by a run that stopped" in resumed.table
     trials = optuna.load_study(study_name="local", storage=storage).trials
     assert trials[4].params != trials[0].params  # a resumed run samples anew, not the first run's start
+
+
+def test_tune_show_without_a_study_reports_the_latest(tmp_path, monkeypatch, capsys):
+    """No ``--study``: the newest journal file under the state directory, or in a shared
+    ``--storage`` the study started last; none there is one line naming where it looked."""
+    from mdctr.cli import main
+
+    monkeypatch.setenv("MDCTR_STATE", str(tmp_path / "state"))
+    with pytest.raises(ConfigError, match="no study in .*state/tune"):
+        study_mod.latest_study(None)
+    for name in ("older", "newer"):  # one journal file each, written in this order
+        storage = study_mod.storage_for(None, name)
+        optuna.create_study(study_name=name, storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1),
+                                                                       n_trials=1)
+    journals = tmp_path / "state" / "tune"
+    os.utime(journals / "older.journal", (1, 1))
+    assert study_mod.latest_study(None) == "newer"
+    os.utime(journals / "newer.journal", (0, 0))
+    assert study_mod.latest_study(None) == "older"
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    with pytest.raises(ConfigError, match="no study in sqlite"):
+        study_mod.latest_study(shared)
+    for name in ("first", "second", "empty"):  # "empty" has no trial, so no start time
+        study = optuna.create_study(study_name=name, storage=shared)
+        if name != "empty":
+            study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert study_mod.latest_study(shared) == "second"
+    assert main(["tune", "show", "--storage", shared]) == 0
+    assert capsys.readouterr().out.startswith("study second (sqlite:///")
 
 
 @pytest.mark.slow

@@ -64,6 +64,25 @@ def storage_for(url: str | None, study: str, *, create: bool = True):
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
+def latest_study(url: str | None) -> str:
+    """The study ``tune show`` reports when no ``--study`` is given: the most recently
+    written journal file under the state directory, or in ``--storage`` the study started
+    last."""
+    import optuna
+
+    if url is None:
+        journals = sorted((state_dir() / "tune").glob("*.journal"), key=lambda p: p.stat().st_mtime)
+        if not journals:
+            raise ConfigError(f"--study: no study in {state_dir() / 'tune'} (run mdctr tune first)")
+        return journals[-1].stem
+    if "://" not in url and not Path(url).exists():
+        raise ConfigError("--storage: no such journal file", file=url)
+    summaries = optuna.get_all_study_summaries(storage_for(url, "", create=False), include_best_trial=False)
+    if not summaries:
+        raise ConfigError(f"--study: no study in {url}")
+    return max(summaries, key=lambda s: (s.datetime_start is not None, s.datetime_start or 0)).study_name
+
+
 def storage_label(url: str | None, study: str) -> str:
     return url if url is not None else str(state_dir() / "tune" / f"{study}.journal")
 
