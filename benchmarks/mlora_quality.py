@@ -79,8 +79,10 @@ Findings (2026-11-30; split seeds 0-2, test WAUC, delta = MLoRA - shared, paired
   nothing: on age3 seed 0 with any gain kept (``min_gain_se: 0``) every domain's validation
   AUC falls from the first adapter epoch (0.7820 / 0.7743 / 0.7718 -> 0.7811 / 0.7719 /
   0.7708), the frozen backbone's training loss being 0.515 against 0.570 on validation: its
-  adapters learn from rows the backbone has already fitted. Joint at rank ``d_out // 32`` /
-  ``// 128`` on the shipped gender split: 0.7877 / 0.7880 (shared 0.7883).
+  adapters learn from rows the backbone has already fitted. With the domain visible (the
+  shipped splits) joint stays below shared on validation too: 0.7956 / 0.7958 / 0.7918
+  against 0.7966 / 0.7961 / 0.7924, so the shipped config keeps two_phase. Joint at rank
+  ``d_out // 32`` / ``// 128`` on the shipped gender split: 0.7877 / 0.7880 (shared 0.7883).
 - Per-domain learning curves: ``history.json`` of any MLoRA run has every epoch's
   ``valid_domain_auc`` and ``valid_domain_se``.
 
