@@ -101,6 +101,8 @@ import time
 from pathlib import Path
 
 from mdctr.adapters.run import MLoRATrainConfig, load_config, train
+from mdctr.domains.datasets import resolve_data
+from mdctr.domains.spec import load_spec
 from mdctr.platform.config import TrainConfig
 from _seed_table import summarise
 
@@ -118,7 +120,12 @@ DATASETS = {
 #: ``--hide-domain``: the fields that name a MovieLens split's domain (the user's id determines it too)
 DOMAIN_FIELDS = {"gender": ("user_id", "gender"), "age3": ("user_id", "age"),
                  "occupation": ("user_id", "occupation")}
-MOVIELENS_FIELDS = ("user_id", "item_id", "age", "occupation", "gender", "zip_prefix", "release_year", "genres")
+
+
+def embedded_fields(data: str) -> list[str]:
+    """Every sparse and multi-hot field of the dataset (what a model embeds by default)."""
+    spec = load_spec(resolve_data(data))
+    return [f.name for f in spec.sparse_fields + spec.multi_hot_fields]
 
 
 def mode_config(dataset: str, mode: str, seed: int, hide_domain: bool = False) -> TrainConfig:
@@ -129,7 +136,7 @@ def mode_config(dataset: str, mode: str, seed: int, hide_domain: bool = False) -
     if hide_domain:
         if dataset not in DOMAIN_FIELDS:
             raise SystemExit(f"--hide-domain: only for {', '.join(DOMAIN_FIELDS)} (got {dataset})")
-        raw["model"]["fields"] = [f for f in MOVIELENS_FIELDS if f not in DOMAIN_FIELDS[dataset]]
+        raw["model"]["fields"] = [f for f in embedded_fields(data) if f not in DOMAIN_FIELDS[dataset]]
     raw["train"].update({**train_over, "seed": seed, "split_seed": seed})
     if mode == "mlora_joint":
         raw["adapters"] = {"mode": "joint", "alpha": raw["adapters"]["alpha"]}
