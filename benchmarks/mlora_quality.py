@@ -83,6 +83,10 @@ Findings (2026-11-30; split seeds 0-2, test WAUC, delta = MLoRA - shared, paired
   shipped splits) joint stays below shared on validation too: 0.7956 / 0.7958 / 0.7918
   against 0.7966 / 0.7961 / 0.7924, so the shipped config keeps two_phase. Joint at rank
   ``d_out // 32`` / ``// 128`` on the shipped gender split: 0.7877 / 0.7880 (shared 0.7883).
+  Without ``user_id`` but with the domain's field (a scratch variant of ``--hide-domain``):
+  shared 0.7735 / 0.7732 / 0.7702, joint 0.7733 / 0.7741 / 0.7724 (validation 0.7830 /
+  0.7826 / 0.7788 against 0.7830 / 0.7842 / 0.7820): with 21 domains the adapters pay
+  (+0.0022) even where the domain is an input, with 2 they do not.
 - Per-domain learning curves: ``history.json`` of any MLoRA run has every epoch's
   ``valid_domain_auc`` and ``valid_domain_se``.
 
